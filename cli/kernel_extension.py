@@ -1,0 +1,131 @@
+"""The IPython extension: a snapshot before and after every cell, invisible to the user.
+
+The hooks never raise into the user's cell and never print into its output: when the
+daemon is gone or the kernel works outside any mount, they warn once on stderr and keep
+trying quietly, so snapshots resume when the daemon comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+
+from cowfs.cli.client import DaemonError, mount_for, request
+
+SNAPSHOT_TIMEOUT = 30.0
+
+
+def notebook_path(shell: Any) -> str | None:
+    """Where the notebook lives, when the front end says (Jupyter server, VS Code)."""
+    for source in (os.environ.get("JPY_SESSION_NAME"), shell.user_ns.get("__vsc_ipynb_file__")):
+        if source:
+            return str(source)
+    return None
+
+
+def first_line(source: str) -> str:
+    for line in source.splitlines():
+        if line.strip():
+            return line.strip()[:120]
+    return ""
+
+
+@dataclass
+class CellSnapshots:
+    shell: Any
+    warned: bool = False
+    pending: dict | None = None  # what pre_run_cell learnt, for post_run_cell
+    timings: list[float] = field(default_factory=list)  # seconds spent in each hook call
+
+    def register(self) -> None:
+        self.shell.events.register("pre_run_cell", self.pre_run_cell)
+        self.shell.events.register("post_run_cell", self.post_run_cell)
+
+    def unregister(self) -> None:
+        for event, callback in (("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell)):
+            try:
+                self.shell.events.unregister(event, callback)
+            except ValueError:
+                pass
+
+    def _cell_meta(self, info: Any) -> dict:
+        source = getattr(info, "raw_cell", "") or ""
+        return {
+            "kind": "cell",
+            "notebook": notebook_path(self.shell),
+            "cell_id": getattr(info, "cell_id", None),
+            "source_hash": blake3.blake3(source.encode()).hexdigest()[:16],
+            "first_line": first_line(source),
+        }
+
+    def pre_run_cell(self, info: Any) -> None:
+        started = time.perf_counter()
+        try:
+            if getattr(info, "silent", False) or not getattr(info, "store_history", True):
+                self.pending = None
+                return
+            meta = self._cell_meta(info)
+            self.pending = meta
+            self._snapshot(f"before: {meta['first_line']}", {**meta, "phase": "before"})
+        except Exception as exc:  # never into the user's cell
+            self._warn(exc)
+        finally:
+            self.timings.append(time.perf_counter() - started)
+
+    def post_run_cell(self, result: Any) -> None:
+        started = time.perf_counter()
+        try:
+            info = getattr(result, "info", None)
+            if info is not None and (getattr(info, "silent", False) or not getattr(info, "store_history", True)):
+                return
+            # post without pre happens (e.g. whitespace-only cells): describe the cell from here.
+            meta = self.pending or (self._cell_meta(info) if info is not None else {"kind": "cell"})
+            self.pending = None
+            error = getattr(result, "error_in_exec", None) or getattr(result, "error_before_exec", None)
+            outcome = "ok" if error is None else f"error: {type(error).__name__}"
+            count = getattr(result, "execution_count", None)
+            meta = {**meta, "phase": "after", "execution_count": count, "success": error is None,
+                    "error": None if error is None else f"{type(error).__name__}: {error}"[:500]}
+            self._snapshot(f"after [{count}] {outcome}: {meta.get('first_line', '')}", meta)
+        except Exception as exc:
+            self._warn(exc)
+        finally:
+            self.timings.append(time.perf_counter() - started)
+
+    def _snapshot(self, label: str, meta: dict) -> None:
+        try:
+            entry = mount_for(os.getcwd())
+            request(entry.mountpoint, {"op": "snapshot", "label": label[:200], "meta": meta},
+                    timeout=SNAPSHOT_TIMEOUT)
+        except DaemonError as exc:
+            self._warn(exc)
+            return
+        self.warned = False  # working again: warn anew if it breaks again
+
+    def _warn(self, exc: BaseException) -> None:
+        if not self.warned:
+            self.warned = True
+            print(f"cowfs: cells are not being snapshotted ({exc})", file=sys.stderr)
+
+
+_active: CellSnapshots | None = None
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    global _active
+    if _active is not None:
+        return
+    _active = CellSnapshots(ipython)
+    _active.register()
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    global _active
+    if _active is not None:
+        _active.unregister()
+        _active = None

@@ -1,0 +1,107 @@
+"""Starting a daemon in the background and waiting until its mount is ready."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cowfs.cli.client import DaemonError, request
+from cowfs.daemon.addresses import mounts
+
+READY_TIMEOUT = 60.0
+
+
+def start_daemon(store: Path, branch: str, mountpoint: Path, *, allow_other: bool = False,
+                 foreground: bool = False, debug: bool = False) -> None:
+    command = [sys.executable, "-m", "cowfs.daemon", "--store", str(store), "--branch", branch]
+    if allow_other:
+        command.append("--allow-other")
+    if debug:
+        command.append("--debug")
+    if foreground:
+        os.execv(sys.executable, command + ["--foreground", str(mountpoint)])
+    read_end, write_end = os.pipe()
+    stderr_log = open(store / "logs" / "daemon-stderr.log", "ab")
+    try:
+        subprocess.Popen(command + ["--ready-fd", str(write_end), str(mountpoint)], pass_fds=[write_end],
+                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=stderr_log, close_fds=True)
+    finally:
+        os.close(write_end)
+        stderr_log.close()
+    message = _read_ready(read_end)
+    if message != "ready":
+        raise DaemonError(message.removeprefix("error: ") if message else
+                          f"the daemon exited before the mount was ready; see {store / 'logs'}")
+
+
+def _read_ready(fd: int) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT
+    data = b""
+    try:
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return "error: the daemon did not report ready in time"
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return any(entry.mountpoint == str(mountpoint) for entry in mounts())
+
+
+def detach_stale(mountpoint: Path) -> None:
+    """A mount whose daemon died answers every call with ENOTCONN; a lazy unmount clears it."""
+    subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if is_mounted(mountpoint):
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def daemon_alive(mountpoint: Path) -> bool:
+    try:
+        request(mountpoint, {"op": "status"}, timeout=5)
+        return True
+    except DaemonError:
+        return False
+
+
+def stop_daemon(mountpoint: Path, timeout: float = 120.0) -> bool:
+    """Ask the daemon to flush and unmount; returns False if it had died (stale mount cleared)."""
+    try:
+        pid = request(mountpoint, {"op": "stop"})["pid"]
+    except DaemonError:
+        detach_stale(mountpoint)
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_mounted(mountpoint) and not _process_alive(pid):
+            return True
+        time.sleep(0.02)
+    raise DaemonError(f"the daemon (pid {pid}) did not stop within {timeout:.0f} s; see the store's logs")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own unreaped child) has exited for every purpose here.
+    try:
+        with open(f"/proc/{pid}/stat") as status:
+            return status.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False

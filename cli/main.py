@@ -1,0 +1,295 @@
+"""The ``cowfs`` command line. Every command is a client: of a daemon (through its control
+socket) or of a store (read directly; LMDB lets many processes read while daemons write)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from cowfs.cli import launcher
+from cowfs.cli.client import DaemonError, mount_for, request
+from cowfs.cli.output import emit_json, human_size, human_time, table
+from cowfs.daemon.addresses import cowfs_mounts
+from cowfs.fs.diff import diff_trees
+from cowfs.fs.errors import StoreError
+from cowfs.fs.records import SnapshotRecord
+from cowfs.fs.store import MAIN_BRANCH, Store, default_store_path, describe
+from cowfs.fs.tree import Tree
+
+
+class Context:
+    """The store a command works on: --store, else COWFS_STORE, else the mount the working
+    directory is in, else the default store."""
+
+    def __init__(self, store: str | None) -> None:
+        self.explicit = store
+
+    @property
+    def store_path(self) -> Path:
+        if self.explicit:
+            return Path(self.explicit).expanduser().absolute()
+        try:
+            return Path(request(mount_for(os.getcwd()).mountpoint, {"op": "status"}, timeout=5)["store"])
+        except DaemonError:
+            return default_store_path()
+
+    def open_store(self, readonly: bool = False) -> Store:
+        return Store.open(self.store_path, readonly=readonly)
+
+
+def fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+class CowfsGroup(click.Group):
+    """Turns the errors a user can fix into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (StoreError, DaemonError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=CowfsGroup)
+@click.option("--store", envvar="COWFS_STORE", help="Store directory (default: $XDG_DATA_HOME/cowfs/default).")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None) -> None:
+    """cowfs: a copy-on-write, versioned workspace with cheap snapshots."""
+    ctx.obj = Context(store)
+
+
+@cli.command()
+@click.pass_obj
+def init(context: Context) -> None:
+    """Create a store."""
+    path = context.store_path
+    try:
+        store = Store.init(path)
+    except StoreError as exc:
+        if (path / "index.lmdb").exists():
+            click.echo(f"{path} is already a cowfs store")
+            return
+        raise exc
+    store.close()
+    click.echo(f"created store {path}")
+
+
+@cli.command()
+@click.argument("source", required=False)
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.option("--branch", help="Branch to mount (default main); with SOURCE, the new branch's name.")
+@click.option("--allow-other", is_flag=True, help="Let other users see the mount (needs user_allow_other).")
+@click.option("--foreground", is_flag=True, help="Stay attached and log to the terminal.")
+@click.option("--debug", is_flag=True, help="Log every request (slow).")
+@click.pass_obj
+def mount(context: Context, source: str | None, mountpoint: Path | None, branch: str | None,
+          allow_other: bool, foreground: bool, debug: bool) -> None:
+    """Mount the workspace at MOUNTPOINT, or snapshot SOURCE as a new read-write branch.
+
+    \b
+      cowfs mount ~/work              the main branch (or --branch NAME)
+      cowfs mount @12 ~/back          snapshot @12 as a new branch; @12 never changes
+    """
+    if mountpoint is None:
+        if source is None:
+            fail("give a mount point: `cowfs mount DIR` or `cowfs mount SNAPSHOT DIR`")
+        source, mountpoint = None, Path(source)
+    mountpoint = Path(os.path.realpath(mountpoint))
+    store = context.open_store()
+    try:
+        _check_mountpoint(mountpoint)
+        if source is not None:
+            record = store.resolve_snapshot(source)
+            chosen = store.fork(record, branch)
+            note = f" (new branch from snapshot {record.name})"
+        else:
+            chosen = store.branch_named(branch or MAIN_BRANCH)
+            note = ""
+    finally:
+        store.close()
+    launcher.start_daemon(store.path, chosen.name, mountpoint, allow_other=allow_other,
+                          foreground=foreground, debug=debug)
+    click.echo(f"mounted branch {chosen.name} at {mountpoint}{note}")
+
+
+def _check_mountpoint(mountpoint: Path) -> None:
+    if launcher.is_mounted(mountpoint):
+        if launcher.daemon_alive(mountpoint):
+            fail(f"{mountpoint} is already mounted; `cowfs umount {mountpoint}` first")
+        click.echo(f"clearing a stale mount at {mountpoint} (its daemon had died)", err=True)
+        launcher.detach_stale(mountpoint)
+    if not mountpoint.is_dir():
+        fail(f"mount point {mountpoint} does not exist or is not a directory; create it first")
+    if any(mountpoint.iterdir()):
+        fail(f"mount point {mountpoint} is not empty; cowfs mounts only on an empty directory")
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+def umount(mountpoint: Path) -> None:
+    """Flush everything and unmount."""
+    mountpoint = Path(os.path.realpath(mountpoint))
+    if not any(entry.mountpoint == str(mountpoint) for entry in cowfs_mounts()):
+        fail(f"{mountpoint} is not a cowfs mount point; `cowfs status` lists them")
+    if launcher.stop_daemon(mountpoint):
+        click.echo(f"unmounted {mountpoint}")
+    else:
+        click.echo(f"{mountpoint}: its daemon had died; cleared the stale mount. Data written in the last "
+                   "seconds before it died may be missing; every snapshot is intact.", err=True)
+
+
+@cli.command()
+@click.option("-m", "--message", "label", default="", help="A label to find the snapshot by.")
+@click.option("--wait", is_flag=True, help="Return only once the snapshot is durable on disk.")
+@click.option("--json", "as_json", is_flag=True, help="Print the snapshot as JSON.")
+@click.argument("path", required=False, default=".")
+def snap(label: str, wait: bool, as_json: bool, path: str) -> None:
+    """Take a snapshot of the mount holding PATH (default: the working directory)."""
+    entry = mount_for(path)
+    reply = request(entry.mountpoint, {"op": "snapshot", "label": label, "wait": wait})
+    if as_json:
+        emit_json(reply["snapshot"])
+    else:
+        click.echo(reply["snapshot"]["id"])
+
+
+def _branch_names(store: Store) -> dict[int, str]:
+    return {branch.id: branch.name for branch in store.branches()}
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-n", "--limit", type=int, default=0, help="Show only the newest N snapshots.")
+@click.option("--branch", help="Only snapshots of this branch.")
+@click.pass_obj
+def log(context: Context, as_json: bool, limit: int, branch: str | None) -> None:
+    """List snapshots, newest first."""
+    store = context.open_store(readonly=True)
+    try:
+        names = _branch_names(store)
+        records = store.snapshots()[::-1]
+        if branch:
+            wanted = store.branch_named(branch).id
+            records = [r for r in records if r.branch == wanted]
+    finally:
+        store.close()
+    if limit:
+        records = records[:limit]
+    if as_json:
+        emit_json([{**describe(r), "branch_name": names.get(r.branch)} for r in records])
+        return
+    table([[r.name, human_time(r.created), names.get(r.branch, "?"), human_size(r.bytes_added),
+            r.label] for r in records], ["ID", "TIME", "BRANCH", "ADDED", "LABEL"])
+
+
+def _tree_at(store: Store, ref: str) -> tuple[SnapshotRecord, Tree]:
+    record = store.resolve_snapshot(ref)
+    return record, Tree.at_snapshot(store, record)
+
+
+@cli.command()
+@click.argument("before")
+@click.argument("after")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def diff(context: Context, before: str, after: str, as_json: bool) -> None:
+    """Paths added, removed or modified between two snapshots."""
+    store = context.open_store(readonly=True)
+    try:
+        changes = diff_trees(_tree_at(store, before)[1], _tree_at(store, after)[1])
+    finally:
+        store.close()
+    if as_json:
+        emit_json([change.__dict__ for change in changes])
+        return
+    marks = {"added": "+", "removed": "-", "modified": "M"}
+    for change in changes:
+        sizes = f"{human_size(change.size_before)} -> {human_size(change.size_after)}"
+        click.echo(f"{marks[change.kind]} {change.path}  ({sizes})")
+
+
+def _directory_bytes(path: Path) -> int:
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(context: Context, as_json: bool) -> None:
+    """Mounts, branches, store size, and the dedup and compression ratios."""
+    live = []
+    for entry in cowfs_mounts():
+        try:
+            live.append(request(entry.mountpoint, {"op": "status"}, timeout=5))
+        except DaemonError as exc:
+            live.append({"mountpoint": entry.mountpoint, "error": str(exc)})
+    store = context.open_store(readonly=True)
+    try:
+        stats = store.stats()
+        branches = store.branches()
+        snapshot_count = len(store.snapshots())
+        document = {
+            "store": str(store.path),
+            "store_bytes": _directory_bytes(store.path),
+            "mounts": live,
+            "branches": [{"name": b.name, "id": b.id, "head": b.head, "source_snapshot": b.source_snapshot}
+                         for b in branches],
+            "snapshots": snapshot_count,
+            **stats,
+            "dedup_ratio": round(stats["logical_bytes"] / stats["chunk_raw_bytes"], 3)
+            if stats["chunk_raw_bytes"] else 1.0,
+            "compression_ratio": round(stats["chunk_raw_bytes"] / stats["chunk_stored_bytes"], 3)
+            if stats["chunk_stored_bytes"] else 1.0,
+        }
+    finally:
+        store.close()
+    if as_json:
+        emit_json(document)
+        return
+    click.echo(f"store      {document['store']}  ({human_size(document['store_bytes'])} on disk)")
+    click.echo(f"snapshots  {snapshot_count}")
+    click.echo(f"data       {human_size(stats['logical_bytes'])} written, {human_size(stats['chunk_raw_bytes'])} "
+               f"unique, {human_size(stats['chunk_stored_bytes'])} stored (dedup x{document['dedup_ratio']}, "
+               f"compression x{document['compression_ratio']})")
+    click.echo("mounts")
+    for mount in live:
+        click.echo(f"  {mount['mountpoint']}  " + (f"branch {mount['branch']}  pid {mount['pid']}"
+                                                  if "branch" in mount else mount.get("error", "")))
+    click.echo("branches")
+    for branch in branches:
+        origin = f"  from {branch.source_snapshot}" if branch.source_snapshot else ""
+        click.echo(f"  {branch.name}{origin}")
+
+
+@cli.group()
+def kernel() -> None:
+    """Snapshot every notebook cell: load the extension in every IPython kernel."""
+
+
+@kernel.command("install")
+def kernel_install() -> None:
+    """Every IPython kernel of this user loads cowfs (like %load_ext cowfs)."""
+    from cowfs.cli import kernel_install as installer
+
+    click.echo(f"installed {installer.install()}; new kernels snapshot every cell inside a cowfs mount")
+
+
+@kernel.command("uninstall")
+def kernel_uninstall() -> None:
+    """Stop loading the extension in new kernels."""
+    from cowfs.cli import kernel_install as installer
+
+    removed = installer.uninstall()
+    click.echo(f"removed {removed}" if removed else "the extension was not installed")
+
+
+def main() -> None:
+    cli(prog_name="cowfs")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""``python -m cowfs.daemon``: what ``cowfs mount`` starts for each mount point."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from cowfs.daemon.addresses import control_socket_path, mounts
+from cowfs.daemon.flusher import Flusher
+from cowfs.daemon.operations import CowOperations
+from cowfs.daemon.service import Daemon
+from cowfs.fs.errors import StoreError
+from cowfs.fs.store import Store
+from cowfs.fs.tree import Tree
+
+log = logging.getLogger("cowfs.daemon")
+READ_AHEAD_KB = 1024
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cowfs-daemon")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--branch", required=True)
+    parser.add_argument("--ready-fd", type=int)
+    parser.add_argument("--allow-other", action="store_true")
+    parser.add_argument("--foreground", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("mountpoint")
+    return parser.parse_args(argv)
+
+
+def setup_logging(store: Path, branch: str, foreground: bool, debug: bool) -> None:
+    handlers: list[logging.Handler] = [logging.FileHandler(store / "logs" / f"{branch}.log")]
+    if foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
+def raise_read_ahead(mountpoint: Path) -> None:
+    """FUSE mounts read ahead 128 KiB by default; 1 MiB halves the requests of a sequential read.
+
+    pyfuse3 has no option for it, so set the mount's bdi directly (root only; harmless if not)."""
+    for entry in mounts():
+        if entry.mountpoint == str(mountpoint) and entry.fstype.startswith("fuse"):
+            try:
+                Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
+            except OSError as exc:
+                log.debug("read-ahead left at the default: %s", exc)
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    if not mountpoint.is_dir():
+        raise StoreError(f"mount point {mountpoint} does not exist or is not a directory; create it first")
+    if any(entry.mountpoint == str(mountpoint) for entry in mounts()):
+        raise StoreError(f"{mountpoint} is already a mount point; unmount it first or choose another")
+    if any(mountpoint.iterdir()):
+        raise StoreError(f"mount point {mountpoint} is not empty; cowfs mounts only on an empty directory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    mountpoint = Path(os.path.realpath(args.mountpoint))
+    ready_fd = args.ready_fd
+    try:
+        store = Store.open(Path(args.store))
+        branch = store.branch_named(args.branch)
+        setup_logging(store.path, branch.name, args.foreground, args.debug)
+        check_mountpoint(mountpoint)
+        lock_fd = store.lock_branch(branch, f"pid {os.getpid()} at {mountpoint}")
+        tree = Tree(store, branch.id)
+        flusher = Flusher(tree)
+        operations = CowOperations(tree, flusher)
+        # Everything that looks at the mount point happens before the mount: once mounted,
+        # touching it from this thread would wait on our own FUSE loop, which is not running yet.
+        socket_path = control_socket_path(mountpoint)
+        options = set(pyfuse3.default_options) | {"fsname=cowfs", "subtype=cowfs"}
+        if args.allow_other:
+            options.add("allow_other")
+        pyfuse3.init(operations, str(mountpoint), options)
+    except (StoreError, OSError, RuntimeError) as exc:
+        message = str(exc) or repr(exc)
+        if ready_fd is not None:
+            os.write(ready_fd, f"error: {message}\n".encode())
+        print(f"cowfs: {message}", file=sys.stderr)
+        return 1
+    raise_read_ahead(mountpoint)
+    daemon = Daemon(store, branch, tree, flusher, mountpoint, socket_path)
+    clean = False
+    try:
+        trio.run(daemon.run, ready_fd)
+        clean = True
+    finally:
+        # Whatever ended the loop, nothing acknowledged may stay only in memory.
+        try:
+            tree.flush()
+            store.sync()
+        finally:
+            pyfuse3.close(unmount=True)
+            store.close()
+            os.close(lock_fd)
+            log.info("stopped %s", "cleanly" if clean else "after an error")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

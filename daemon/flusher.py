@@ -1,0 +1,131 @@
+"""Moves dirty data from memory into the store without holding up the FUSE loop.
+
+One flusher task per daemon commits batches strictly in the order they were taken (the
+engine requires it). Hashing and compression run in worker threads, split in two so both
+cores work; LMDB commits stay on the trio thread, between awaits, so they need no lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+
+import trio
+
+from cowfs.fs.tree import Batch, Tree, seal_batch
+
+log = logging.getLogger(__name__)
+
+DIRTY_FLUSH_BYTES = 64 << 20  # start a background flush above this much dirty data
+INFLIGHT_LIMIT_BYTES = 256 << 20  # writers wait while this much is being flushed
+SEAL_SPLIT_MIN_BLOCKS = 8
+
+
+async def seal_in_threads(batch: Batch) -> dict:
+    """Seal a batch's blocks in two worker threads (blake3 and zstd release the GIL)."""
+    items = list(batch.blocks.items())
+    if len(items) < SEAL_SPLIT_MIN_BLOCKS:
+        return await trio.to_thread.run_sync(seal_batch, batch)
+    half = math.ceil(len(items) / 2)
+    parts: list[dict] = []
+
+    async def seal_part(part: list) -> None:
+        sub = Batch(batch.epoch, dict(part), {})
+        parts.append(await trio.to_thread.run_sync(seal_batch, sub))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(seal_part, items[:half])
+        nursery.start_soon(seal_part, items[half:])
+    sealed: dict = {}
+    for part in parts:
+        sealed.update(part)
+    return sealed
+
+
+class Flusher:
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        self._send, self._receive = trio.open_memory_channel[Batch](math.inf)
+        self._taken = 0  # batches handed to the worker
+        self._committed = 0  # batches committed, in order
+        self._changed = trio.Event()
+        self.failure: BaseException | None = None
+
+    # -- handing work over ---------------------------------------------------------------------
+    def submit(self, batch: Batch) -> int:
+        """Queue a batch already taken from the tree; returns its sequence number."""
+        self._taken += 1
+        self._send.send_nowait(batch)
+        return self._taken
+
+    def kick(self) -> int:
+        """Detach whatever is dirty now; returns the sequence number that covers it."""
+        batch = self.tree.take_batch()
+        return self.submit(batch) if batch is not None else self._taken
+
+    async def wait_committed(self, sequence: int) -> None:
+        while self._committed < sequence:
+            if self.failure is not None:
+                code = getattr(self.failure, "errno", None) or errno.EIO
+                raise OSError(code, f"flushing to the store failed: {self.failure}")
+            await self._changed.wait()
+
+    async def flush(self, durable: bool) -> None:
+        """Everything written so far is in the store (and on disk when ``durable``)."""
+        await self.wait_committed(self.kick())
+        if durable:
+            await trio.to_thread.run_sync(self.tree.store.sync)
+
+    async def wait_inode_settled(self, ino: int) -> None:
+        """Wait until no batch in flight holds ``ino`` (truncate and delete need that)."""
+        while self.tree.is_inflight(ino):
+            await self.wait_committed(self._committed + 1)
+
+    async def throttle(self) -> None:
+        """Called after a write: start a flush above the threshold, wait if far behind."""
+        if self.tree.dirty_bytes >= DIRTY_FLUSH_BYTES:
+            self.kick()
+        while sum(b.nbytes for b in self.tree.inflight) > INFLIGHT_LIMIT_BYTES:
+            await self.wait_committed(self._committed + 1)
+
+    # -- the worker -------------------------------------------------------------------------------
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for batch in self._receive:
+            await self._commit_until_done(batch)
+            self._committed += 1
+            self._wake()
+
+    async def _commit_until_done(self, batch: Batch) -> None:
+        # A failed commit (disk full, say) leaves the batch in memory and in the engine's
+        # in-flight list, so reads still see it; waiters hear the error; we retry until it lands.
+        delay = 0.5
+        while True:
+            try:
+                sealed = await seal_in_threads(batch)
+                self.tree.commit_batch(batch, sealed)
+                if batch.snapshot_id is not None:
+                    await trio.to_thread.run_sync(self.tree.store.sync)
+            except Exception as exc:
+                log.error("flush of epoch %d failed, will retry: %s", batch.epoch, exc)
+                self.failure = exc
+                self._wake()
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.failure = None
+            return
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def run_timer(self, interval: float = 5.0) -> None:
+        """Bound how long data sits only in memory, and how long a commit waits for the disk."""
+        while True:
+            await trio.sleep(interval)
+            if self.tree.dirty_blocks or self.tree.dirty_attrs:
+                await self.flush(durable=True)
+            else:
+                await trio.to_thread.run_sync(self.tree.store.sync)

@@ -1,0 +1,288 @@
+"""The pyfuse3 operations: a thin translation of FUSE requests into ``cowfs.fs.tree`` calls.
+
+Everything that decides what the filesystem contains lives in the engine; this layer keeps
+only what the kernel protocol needs: lookup counts, open directory listings, and the
+conversion of engine records and errors into pyfuse3's types.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections import Counter
+from typing import Any, Awaitable, Callable, TypeVar
+
+import pyfuse3
+
+from cowfs.daemon.flusher import Flusher
+from cowfs.fs.errors import CorruptChunkError
+from cowfs.fs.records import InodeAttrs
+from cowfs.fs.tree import BLOCK_SIZE, Tree
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+# Only this daemon changes this tree, so the kernel may trust what it was told for long.
+ENTRY_TIMEOUT = 300.0
+ATTR_TIMEOUT = 300.0
+
+
+def translate_errors(handler: F) -> F:
+    """Engine errors become the errno the caller sees; anything else is logged and is EIO."""
+
+    @functools.wraps(handler)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except CorruptChunkError as exc:
+            log.error("I/O error in %s: %s; run `cowfs fsck` on this store", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def entry_attributes(ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = ino
+    entry.generation = 0
+    entry.entry_timeout = ENTRY_TIMEOUT
+    entry.attr_timeout = ATTR_TIMEOUT
+    entry.st_mode = attrs.mode
+    entry.st_nlink = attrs.nlink
+    entry.st_uid = attrs.uid
+    entry.st_gid = attrs.gid
+    entry.st_rdev = attrs.rdev
+    entry.st_size = attrs.size
+    entry.st_blksize = BLOCK_SIZE
+    entry.st_blocks = -(-attrs.size // 512)
+    entry.st_atime_ns = attrs.atime_ns
+    entry.st_mtime_ns = attrs.mtime_ns
+    entry.st_ctime_ns = attrs.ctime_ns
+    return entry
+
+
+class CowOperations(pyfuse3.Operations):
+    enable_writeback_cache = True
+
+    def __init__(self, tree: Tree, flusher: Flusher) -> None:
+        super().__init__()
+        self.tree = tree
+        self.flusher = flusher
+        self.lookups: Counter[int] = Counter()
+        self._open_dirs: dict[int, tuple[int, list[tuple[bytes, int]]]] = {}
+        self._next_dir_handle = 1
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _known(self, ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
+        """Reply with an entry the kernel will now hold a reference to."""
+        self.lookups[ino] += 1
+        return entry_attributes(ino, attrs)
+
+    async def _release_if_orphan(self, ino: int) -> None:
+        """An inode with no names and no kernel references is gone for good (its history stays)."""
+        if self.lookups[ino] > 0 or self.tree.readonly:
+            return
+        try:
+            attrs = self.tree.getattr(ino)
+        except OSError:
+            return
+        if attrs.nlink == 0:
+            await self.flusher.wait_inode_settled(ino)
+            self.tree.delete_inode(ino)
+
+    # -- lookups and attributes ---------------------------------------------------------------------
+    @translate_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        ino, attrs = self.tree.lookup(parent_inode, name)
+        return self._known(ino, attrs)
+
+    @translate_errors
+    async def forget(self, inode_list) -> None:
+        for ino, count in inode_list:
+            self.lookups[ino] -= count
+            if self.lookups[ino] <= 0:
+                del self.lookups[ino]
+                await self._release_if_orphan(ino)
+
+    @translate_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        return entry_attributes(inode, self.tree.getattr(inode))
+
+    @translate_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            await self.flusher.wait_inode_settled(inode)
+        attrs = self.tree.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
+        )
+        return entry_attributes(inode, attrs)
+
+    @translate_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.tree.readlink(inode)
+
+    # -- creating and removing names ----------------------------------------------------------------
+    async def _create(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
+                      rdev: int = 0, target: bytes = b"") -> tuple[int, pyfuse3.EntryAttributes]:
+        ino, attrs = self.tree.create(parent, name, mode, ctx.uid, ctx.gid, rdev, target)
+        return ino, self._known(ino, attrs)
+
+    @translate_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return (await self._create(parent_inode, name, mode, ctx, rdev))[1]
+
+    @translate_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return (await self._create(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx))[1]
+
+    @translate_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return (await self._create(parent_inode, name, stat.S_IFLNK | 0o777, ctx, target=target))[1]
+
+    @translate_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        ino, entry = await self._create(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        return pyfuse3.FileInfo(fh=ino, keep_cache=True), entry
+
+    @translate_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._known(inode, self.tree.link(inode, new_parent_inode, new_name))
+
+    @translate_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        ino, _ = self.tree.unlink(parent_inode, name)
+        await self._release_if_orphan(ino)
+
+    @translate_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        ino, _ = self.tree.unlink(parent_inode, name, directory=True)
+        await self._release_if_orphan(ino)
+
+    @translate_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        replaced = self.tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        if replaced is not None:
+            await self._release_if_orphan(replaced[0])
+
+    # -- file data -----------------------------------------------------------------------------------
+    @translate_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        attrs = self.tree.getattr(inode)
+        if attrs.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if self.tree.readonly and flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        # Nothing but this daemon changes the tree, so cached pages stay valid across opens.
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    @translate_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self.tree.read(fh, off, size)
+
+    @translate_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        written = self.tree.write(fh, off, buf)
+        await self.flusher.throttle()
+        return written
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        return None
+
+    @translate_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.flusher.flush(durable=True)
+
+    # -- directories ---------------------------------------------------------------------------------
+    @translate_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self.tree.listdir(inode)  # ENOTDIR / ENOENT now rather than at the first readdir
+        handle = self._next_dir_handle
+        self._next_dir_handle += 1
+        self._open_dirs[handle] = (inode, [])
+        return handle
+
+    @translate_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # The listing is taken when reading starts (and again on rewind), so entries that stay
+        # are seen exactly once while others come and go (POSIX leaves those two open).
+        inode, listing = self._open_dirs[fh]
+        if start_id == 0:
+            listing = self.tree.listdir(inode)
+            self._open_dirs[fh] = (inode, listing)
+        for position in range(start_id, len(listing)):
+            name, child = listing[position]
+            try:
+                attrs = self.tree.getattr(child)
+            except OSError:
+                continue  # removed since the listing was taken
+            if not pyfuse3.readdir_reply(token, name, entry_attributes(child, attrs), position + 1):
+                return
+            self.lookups[child] += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._open_dirs.pop(fh, None)
+
+    @translate_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await self.flusher.flush(durable=True)
+
+    # -- extended attributes -------------------------------------------------------------------------
+    @translate_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.tree.getxattr(inode, name)
+
+    @translate_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return self.tree.listxattr(inode)
+
+    @translate_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.tree.setxattr(inode, name, value)
+
+    @translate_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.tree.setxattr(inode, name, None)
+
+    # -- the filesystem as a whole -------------------------------------------------------------------
+    @translate_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """Space is the store's disk; the workspace has no inode limit of its own."""
+        disk = os.statvfs(self.tree.store.path)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = disk.f_bsize
+        data.f_frsize = disk.f_frsize
+        data.f_blocks = disk.f_blocks
+        data.f_bfree = disk.f_bfree
+        data.f_bavail = disk.f_bavail
+        data.f_files = 2**32
+        data.f_ffree = 2**32 - 1
+        data.f_favail = 2**32 - 1
+        data.f_namemax = 255
+        return data

@@ -1,0 +1,120 @@
+"""One daemon: serves one branch at one mount point, answers its control socket, handles signals.
+
+Shutdown is the same whatever asks for it (``stop`` on the socket, SIGTERM, SIGINT, an external
+unmount): push the kernel's dirty pages to us, flush them durably, then leave the FUSE loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from cowfs.daemon import control
+from cowfs.daemon.control import RequestError
+from cowfs.daemon.flusher import Flusher
+from cowfs.fs.records import BranchRecord
+from cowfs.fs.store import Store, describe
+from cowfs.fs.tree import Tree
+
+log = logging.getLogger(__name__)
+MAX_LABEL = 500
+MAX_META_BYTES = 64 << 10
+
+
+@dataclass
+class Daemon:
+    store: Store
+    branch: BranchRecord
+    tree: Tree
+    flusher: Flusher
+    mountpoint: Path
+    socket_path: Path
+    started: float = field(default_factory=time.time)
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+
+    # -- requests ------------------------------------------------------------------------------------
+    async def handle(self, request: dict) -> dict:
+        op = request["op"]
+        if op == "snapshot":
+            label = request.get("label") or ""
+            meta = request.get("meta") or {}
+            if not isinstance(label, str) or len(label) > MAX_LABEL or "\n" in label:
+                raise RequestError(f"a label is one line of at most {MAX_LABEL} characters")
+            if not isinstance(meta, dict) or len(repr(meta)) > MAX_META_BYTES:
+                raise RequestError("meta must be a JSON object of at most 64 KiB")
+            record = await self.snapshot(label, meta, bool(request.get("wait")))
+            return {"ok": True, "snapshot": describe(record)}
+        if op == "status":
+            return {"ok": True, **self.status()}
+        if op == "flush":
+            await self.flusher.flush(durable=True)
+            return {"ok": True}
+        if op == "stop":
+            self.stop_requested.set()
+            return {"ok": True, "pid": os.getpid()}
+        raise RequestError(f"unknown op {op!r}; this daemon knows snapshot, status, flush and stop")
+
+    async def push_kernel_pages(self) -> None:
+        """With the writeback cache, returned writes may still sit in the kernel: fetch them.
+
+        syncfs makes the kernel send them to us, so it must run off the trio thread."""
+        await trio.to_thread.run_sync(pyfuse3.syncfs, str(self.mountpoint))
+
+    async def snapshot(self, label: str, meta: dict, wait: bool):
+        await self.push_kernel_pages()
+        record, batch = self.tree.snapshot(label, meta)
+        if batch is None:  # nothing changed: shares the previous snapshot's epoch
+            if wait:
+                await self.flusher.flush(durable=True)
+                record = replace(record, durable=True)
+            return record
+        sequence = self.flusher.submit(batch)
+        log.info("snapshot %s of branch %s at epoch %d%s", record.name, self.branch.name, record.epoch,
+                 f" ({label})" if label else "")
+        if wait:
+            await self.flusher.wait_committed(sequence)
+            record = self.store.snapshot(record.id) or record
+        return record
+
+    def status(self) -> dict:
+        return {"pid": os.getpid(), "store": str(self.store.path), "branch": self.branch.name,
+                "branch_id": self.branch.id, "mountpoint": str(self.mountpoint), "epoch": self.tree.head,
+                "dirty_bytes": self.tree.dirty_bytes, "batches_in_flight": len(self.tree.inflight),
+                "started": self.started}
+
+    # -- lifetime ------------------------------------------------------------------------------------
+    async def watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    await self.snapshot("", {"trigger": "SIGUSR1"}, wait=False)
+                else:
+                    log.info("signal %d: stopping", signum)
+                    self.stop_requested.set()
+
+    async def stop_when_asked(self) -> None:
+        await self.stop_requested.wait()
+        await self.push_kernel_pages()
+        await self.flusher.flush(durable=True)
+        pyfuse3.terminate()
+
+    async def run(self, ready_fd: int | None) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.flusher.run)
+            nursery.start_soon(self.flusher.run_timer)
+            await nursery.start(control.serve, self.socket_path, self.handle)
+            nursery.start_soon(self.watch_signals)
+            nursery.start_soon(self.stop_when_asked)
+            if ready_fd is not None:
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+            log.info("serving branch %s at %s", self.branch.name, self.mountpoint)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,66 @@
+"""The LMDB environment that holds every record of a store (layout: ``cowfs.fs.keys``).
+
+LMDB transactions are the commit points of the store: a change of several records is always
+made inside one write transaction, so a crash leaves either all of it or none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import lmdb
+
+from cowfs.fs.keys import ALL_DBS
+
+T = TypeVar("T")
+INITIAL_MAP_SIZE = 1 << 30
+
+
+class Index:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=len(ALL_DBS) + 2,
+                             subdir=True, sync=False, readahead=False, mode=0o600,
+                             readonly=readonly, lock=True, max_readers=256)
+        # The map may already be larger than our initial guess (grown by another process).
+        self.env.set_mapsize(0)
+        if readonly:
+            self.dbs = {name: self.env.open_db(name, create=False) for name in ALL_DBS}
+        else:
+            with self.env.begin(write=True) as txn:
+                self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
+
+    def db(self, name: bytes):
+        return self.dbs[name]
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[lmdb.Transaction]:
+        try:
+            txn = self.env.begin()
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            txn = self.env.begin()
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    def write(self, change: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``change`` in one write transaction, growing the map and retrying when full."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return change(txn)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+
+    def sync(self) -> None:
+        """Force every committed transaction to disk (the index is opened without per-commit sync)."""
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()

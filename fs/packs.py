@@ -1,0 +1,99 @@
+"""Pack files: append-only files of compressed chunks, one writer per process.
+
+Record layout (docs/format.md): ``MAGIC | digest(32) | raw_len u32 | stored_len u32 | payload``.
+The header repeats what the index knows so that packs alone can rebuild or check the index.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+from cowfs.fs.chunks import HASH_LEN, SealedChunk
+from cowfs.fs.errors import CorruptChunkError
+from cowfs.fs.records import ChunkLocation
+
+MAGIC = b"CWC1"
+HEADER = struct.Struct(f">4s{HASH_LEN}sII")
+PACK_ROTATE_BYTES = 512 * 1024 * 1024
+
+
+def pack_path(directory: Path, pack_id: int) -> Path:
+    return directory / f"{pack_id:08d}.pack"
+
+
+class PackWriter:
+    """Appends chunks to this process's current pack; ``sync`` makes them durable."""
+
+    def __init__(self, directory: Path, pack_id: int) -> None:
+        self.pack_id = pack_id
+        self.path = pack_path(directory, pack_id)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.size = os.fstat(self._fd).st_size
+        self._unsynced = False
+
+    def append(self, chunk: SealedChunk) -> ChunkLocation:
+        header = HEADER.pack(MAGIC, chunk.digest, chunk.raw_len, len(chunk.payload))
+        written = os.writev(self._fd, [header, chunk.payload])
+        if written != len(header) + len(chunk.payload):
+            raise OSError(f"short write to {self.path}")
+        location = ChunkLocation(self.pack_id, self.size + len(header), len(chunk.payload), chunk.raw_len)
+        self.size += written
+        self._unsynced = True
+        return location
+
+    @property
+    def full(self) -> bool:
+        return self.size >= PACK_ROTATE_BYTES
+
+    def sync(self) -> None:
+        if self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = False
+
+    def close(self) -> None:
+        self.sync()
+        os.close(self._fd)
+
+
+class PackReader:
+    """Reads payloads by location, keeping one descriptor per pack open."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._fds: dict[int, int] = {}
+
+    def read(self, location: ChunkLocation) -> bytes:
+        fd = self._fds.get(location.pack)
+        if fd is None:
+            try:
+                fd = os.open(pack_path(self._directory, location.pack), os.O_RDONLY)
+            except FileNotFoundError as exc:
+                raise CorruptChunkError(f"pack {location.pack} is missing from the store") from exc
+            self._fds[location.pack] = fd
+        payload = os.pread(fd, location.stored_len, location.offset)
+        if len(payload) != location.stored_len:
+            raise CorruptChunkError(f"pack {location.pack} is shorter than the index says")
+        return payload
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def scan_pack(path: Path):
+    """Yield ``(digest, raw_len, payload_offset, stored_len)`` for each record; stops at a torn tail."""
+    with open(path, "rb") as pack:
+        offset = 0
+        while True:
+            header = pack.read(HEADER.size)
+            if len(header) < HEADER.size:
+                return
+            magic, digest, raw_len, stored_len = HEADER.unpack(header)
+            if magic != MAGIC:
+                return
+            yield digest, raw_len, offset + HEADER.size, stored_len
+            offset += HEADER.size + stored_len
+            pack.seek(offset)

@@ -1,0 +1,313 @@
+"""A store: one directory holding the LMDB index and the pack files.
+
+The store owns branches, snapshots, counters and chunks. It knows nothing about paths in the
+workspace; ``cowfs.fs.tree`` builds the filesystem on top of it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
+
+import lmdb
+
+from cowfs.fs import versions
+from cowfs.fs.cache import ByteLRU
+from cowfs.fs.chunks import SealedChunk, unseal
+from cowfs.fs.errors import CorruptChunkError, StoreError
+from cowfs.fs.index import Index
+from cowfs.fs.keys import (DB_BRANCH_NAMES, DB_BRANCHES, DB_CHUNKS, DB_INODES, DB_META,
+                           DB_SNAPSHOTS, U32, U64)
+from cowfs.fs.packs import PackReader, PackWriter
+from cowfs.fs.records import BranchRecord, ChunkLocation, InodeAttrs, SnapshotRecord, format_snapshot_id
+from cowfs.fs.versions import View
+
+FORMAT = b"cowfs-store-1"
+MAIN_BRANCH = "main"
+ROOT_INODE = 1
+FIRST_EPOCH = 1
+STATS = ("chunk_count", "chunk_raw_bytes", "chunk_stored_bytes", "logical_bytes")
+
+
+def default_store_path() -> Path:
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data_home) / "cowfs" / "default"
+
+
+def _get_u64(txn: lmdb.Transaction, db, name: bytes, default: int = 0) -> int:
+    raw = txn.get(name, db=db)
+    return U64.unpack(raw)[0] if raw else default
+
+
+class Store:
+    """An open store. One per process; it may be shared by several trees of that process."""
+
+    def __init__(self, path: Path, index: Index, *, readonly: bool) -> None:
+        self.path = path
+        self.index = index
+        self.readonly = readonly
+        self.packs = PackReader(path / "packs")
+        self.chunk_cache: ByteLRU[bytes] = ByteLRU(64 << 20)
+        self._writer: PackWriter | None = None
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: Path) -> "Store":
+        path = Path(path).absolute()
+        if path.exists():
+            if not path.is_dir():
+                raise StoreError(f"{path} exists and is not a directory; choose another --store path")
+            if (path / "index.lmdb").exists():
+                raise StoreError(f"{path} is already a cowfs store; use it as it is")
+            if any(path.iterdir()):
+                raise StoreError(f"{path} is not empty and not a cowfs store; refusing to put a store there "
+                                 "(choose an empty or new directory)")
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+        for sub in ("packs", "logs", "locks"):
+            (path / sub).mkdir(mode=0o700, exist_ok=True)
+        index = Index(path / "index.lmdb")
+        index.write(lambda txn: cls._create_root(index, txn))
+        index.sync()
+        return cls(path, index, readonly=False)
+
+    @staticmethod
+    def _create_root(index: Index, txn: lmdb.Transaction) -> None:
+        meta = index.db(DB_META)
+        txn.put(b"format", FORMAT, db=meta)
+        txn.put(b"next_inode", U64.pack(ROOT_INODE + 1), db=meta)
+        txn.put(b"next_branch", U64.pack(2), db=meta)
+        txn.put(b"next_snapshot", U64.pack(1), db=meta)
+        txn.put(b"next_pack", U64.pack(1), db=meta)
+        now = time.time_ns()
+        root = InodeAttrs(stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 2, 0, now, now, now)
+        branch = BranchRecord(1, MAIN_BRANCH, FIRST_EPOCH, None, time.time())
+        txn.put(U32.pack(1), branch.encode(), db=index.db(DB_BRANCHES))
+        txn.put(MAIN_BRANCH.encode(), U32.pack(1), db=index.db(DB_BRANCH_NAMES))
+        versions.put(txn, index.db(DB_INODES), 1, FIRST_EPOCH, ROOT_INODE, b"", root.encode())
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> "Store":
+        path = Path(path).absolute()
+        if not path.exists():
+            raise StoreError(f"no cowfs store at {path}: run `cowfs init` first, or pass --store / COWFS_STORE")
+        if not (path / "index.lmdb" / "data.mdb").is_file():
+            raise StoreError(f"{path} is not a cowfs store (it has no index.lmdb); pass the directory that "
+                             "`cowfs init` created")
+        try:
+            index = Index(path / "index.lmdb", readonly=readonly)
+        except lmdb.Error as exc:
+            raise StoreError(f"{path} is not a usable cowfs store: {exc}") from exc
+        with index.reading() as txn:
+            found = txn.get(b"format", db=index.db(DB_META))
+        if found != FORMAT:
+            index.close()
+            raise StoreError(f"{path} is not a cowfs store of a format this version reads ({found!r})")
+        return cls(path, index, readonly=readonly)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.packs.close()
+        self.index.close()
+
+    # -- counters ----------------------------------------------------------------------------
+    def _take(self, txn: lmdb.Transaction, counter: bytes, count: int = 1) -> int:
+        meta = self.index.db(DB_META)
+        first = _get_u64(txn, meta, counter)
+        txn.put(counter, U64.pack(first + count), db=meta)
+        return first
+
+    def allocate_inodes(self, count: int) -> range:
+        """Inode numbers are store-wide, so no two branches ever give one number two meanings."""
+        first = self.index.write(lambda txn: self._take(txn, b"next_inode", count))
+        return range(first, first + count)
+
+    def stats(self) -> dict[str, int]:
+        with self.index.reading() as txn:
+            return {name: _get_u64(txn, self.index.db(DB_META), name.encode()) for name in STATS}
+
+    # -- branches ----------------------------------------------------------------------------
+    def branch(self, txn: lmdb.Transaction, branch_id: int) -> BranchRecord:
+        raw = txn.get(U32.pack(branch_id), db=self.index.db(DB_BRANCHES))
+        if raw is None:
+            raise StoreError(f"branch {branch_id} does not exist in {self.path}")
+        return BranchRecord.decode(raw)
+
+    def put_branch(self, txn: lmdb.Transaction, branch: BranchRecord) -> None:
+        txn.put(U32.pack(branch.id), branch.encode(), db=self.index.db(DB_BRANCHES))
+
+    def branch_named(self, name: str) -> BranchRecord:
+        with self.index.reading() as txn:
+            raw = txn.get(name.encode(), db=self.index.db(DB_BRANCH_NAMES))
+            if raw is None:
+                raise StoreError(f"no branch named {name!r}; `cowfs status` lists the branches")
+            return self.branch(txn, U32.unpack(raw)[0])
+
+    def branches(self) -> list[BranchRecord]:
+        with self.index.reading() as txn:
+            return [BranchRecord.decode(v) for _, v in txn.cursor(db=self.index.db(DB_BRANCHES))]
+
+    def fork(self, snapshot: SnapshotRecord, name: str | None = None) -> BranchRecord:
+        """A new branch that starts as ``snapshot`` and leaves it untouched: O(1)."""
+        names = self.index.db(DB_BRANCH_NAMES)
+
+        def create(txn: lmdb.Transaction) -> BranchRecord:
+            chosen = name
+            if chosen is None:
+                base = f"from-{snapshot.id}"
+                chosen, n = base, 1
+                while txn.get(chosen.encode(), db=names) is not None:
+                    n += 1
+                    chosen = f"{base}-{n}"
+            elif txn.get(chosen.encode(), db=names) is not None:
+                raise StoreError(f"a branch named {chosen!r} exists already; choose another --branch name")
+            branch = BranchRecord(self._take(txn, b"next_branch"), chosen, FIRST_EPOCH,
+                                  (snapshot.branch, snapshot.epoch), time.time(), snapshot.name)
+            self.put_branch(txn, branch)
+            txn.put(chosen.encode(), U32.pack(branch.id), db=names)
+            return branch
+
+        return self.index.write(create)
+
+    def view(self, txn: lmdb.Transaction, branch_id: int, epoch: int | None = None) -> View:
+        """The ancestry chain a reader of ``branch_id`` at ``epoch`` (default: head) walks."""
+        branch = self.branch(txn, branch_id)
+        chain = [(branch.id, branch.head if epoch is None else epoch)]
+        while branch.parent is not None:
+            chain.append(branch.parent)
+            branch = self.branch(txn, branch.parent[0])
+        return tuple(chain)
+
+    def lock_branch(self, branch: BranchRecord, holder: str) -> int:
+        """One daemon serves a branch at a time; the lock dies with its process."""
+        path = self.path / "locks" / f"branch-{branch.id}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held_by = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise StoreError(f"branch {branch.name!r} is already mounted ({held_by}); "
+                             "unmount it first or mount a snapshot of it as a new branch") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        return fd
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def take_snapshot(self, txn: lmdb.Transaction, branch_id: int, label: str, meta: dict,
+                      durable: bool) -> SnapshotRecord:
+        """Freeze the branch's head epoch and open the next one: two small records, nothing more."""
+        branch = self.branch(txn, branch_id)
+        record = SnapshotRecord(self._take(txn, b"next_snapshot"), branch.id, branch.head, time.time(),
+                                label, meta, branch.bytes_since_snapshot, durable)
+        self.put_branch(txn, replace(branch, head=branch.head + 1, bytes_since_snapshot=0))
+        self.put_snapshot(txn, record)
+        return record
+
+    def record_unchanged_snapshot(self, txn: lmdb.Transaction, previous: SnapshotRecord, label: str,
+                                  meta: dict) -> SnapshotRecord:
+        """A snapshot of a tree that has not changed since ``previous``: same epoch, no new data."""
+        record = SnapshotRecord(self._take(txn, b"next_snapshot"), previous.branch, previous.epoch, time.time(),
+                                label, meta, 0, previous.durable, same_as=previous.same_as or previous.id)
+        self.put_snapshot(txn, record)
+        return record
+
+    def put_snapshot(self, txn: lmdb.Transaction, record: SnapshotRecord) -> None:
+        txn.put(str(record.id).encode(), record.encode(), db=self.index.db(DB_SNAPSHOTS))
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        with self.index.reading() as txn:
+            records = [SnapshotRecord.decode(v) for _, v in txn.cursor(db=self.index.db(DB_SNAPSHOTS))]
+        return sorted(records, key=lambda r: r.id)
+
+    def snapshot_in(self, txn: lmdb.Transaction, snapshot_id: int) -> SnapshotRecord | None:
+        raw = txn.get(str(snapshot_id).encode(), db=self.index.db(DB_SNAPSHOTS))
+        return SnapshotRecord.decode(raw) if raw else None
+
+    def snapshot(self, snapshot_id: int) -> SnapshotRecord | None:
+        with self.index.reading() as txn:
+            return self.snapshot_in(txn, snapshot_id)
+
+    def resolve_snapshot(self, ref: str) -> SnapshotRecord:
+        """An id (``@12`` or ``12``), else a label, else a unique label prefix."""
+        ref = ref.strip()
+        number = ref[1:] if ref.startswith("@") else ref
+        if number.isdigit():
+            found = self.snapshot(int(number))
+            if found is not None:
+                return found
+        records = self.snapshots()
+        exact = [r for r in records if r.label == ref]
+        if exact:
+            return exact[-1]
+        prefixed = [r for r in records if r.label.startswith(ref)] if ref else []
+        if len({r.label for r in prefixed}) == 1:
+            return prefixed[-1]
+        if prefixed:
+            labels = ", ".join(sorted({r.label for r in prefixed})[:5])
+            raise StoreError(f"{ref!r} matches several snapshot labels ({labels}); give more of the label or an id")
+        raise StoreError(f"no snapshot {ref!r} in {self.path}; `cowfs log` lists snapshots by id and label")
+
+    # -- chunks ------------------------------------------------------------------------------
+    def pack_writer(self, txn: lmdb.Transaction) -> PackWriter:
+        """This process's pack; a new pack id is taken inside the caller's transaction."""
+        if self._writer is None or self._writer.full:
+            if self._writer is not None:
+                self._writer.close()
+            pack_id = self._take(txn, b"next_pack")
+            self._writer = PackWriter(self.path / "packs", pack_id)
+        return self._writer
+
+    def add_chunks(self, txn: lmdb.Transaction, sealed: Iterable[SealedChunk]) -> int:
+        """Store the chunks not stored yet; returns the compressed bytes this added."""
+        chunks, meta = self.index.db(DB_CHUNKS), self.index.db(DB_META)
+        writer = self.pack_writer(txn)
+        added_stored = added_raw = added_count = logical = 0
+        for chunk in sealed:
+            logical += chunk.raw_len
+            if txn.get(chunk.digest, db=chunks) is not None:
+                continue
+            location = writer.append(chunk)
+            txn.put(chunk.digest, location.encode(), db=chunks)
+            added_stored += location.stored_len
+            added_raw += chunk.raw_len
+            added_count += 1
+        for name, delta in (("chunk_count", added_count), ("chunk_raw_bytes", added_raw),
+                            ("chunk_stored_bytes", added_stored), ("logical_bytes", logical)):
+            if delta:
+                txn.put(name.encode(), U64.pack(_get_u64(txn, meta, name.encode()) + delta), db=meta)
+        return added_stored
+
+    def read_chunk(self, txn: lmdb.Transaction, digest: bytes) -> bytes:
+        cached = self.chunk_cache.get(digest)
+        if cached is not None:
+            return cached
+        raw = txn.get(digest, db=self.index.db(DB_CHUNKS))
+        if raw is None:
+            raise CorruptChunkError(f"chunk {digest.hex()[:16]} is referenced but not in the chunk index")
+        location = ChunkLocation.decode(raw)
+        data = unseal(digest, self.packs.read(location), location.raw_len, f"pack {location.pack}")
+        self.chunk_cache.put(digest, data)
+        return data
+
+    def sync(self) -> None:
+        """Packs first, then the index, so the index never points at bytes a crash could lose."""
+        if self._writer is not None:
+            self._writer.sync()
+        self.index.sync()
+
+
+def describe(record: SnapshotRecord) -> dict:
+    """The JSON shape of a snapshot that the CLI and the control socket print."""
+    return {"id": record.name, "branch": record.branch, "epoch": record.epoch, "time": record.created,
+            "label": record.label, "meta": record.meta, "bytes_added": record.bytes_added,
+            "durable": record.durable, "pinned": record.pinned,
+            "same_as": format_snapshot_id(record.same_as) if record.same_as else None}
+

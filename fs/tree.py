@@ -1,0 +1,580 @@
+"""A branch seen as a POSIX tree: inodes, directory entries, file data and xattrs.
+
+A ``Tree`` is either the live head of a branch (writable) or a branch at a fixed epoch
+(read-only: a snapshot). Every method is synchronous; the daemon calls them from its trio
+thread, so each one is atomic with respect to the others without any lock.
+
+File data is cut into fixed blocks of ``BLOCK_SIZE`` bytes. Writes land in dirty block
+buffers in memory; ``take_batch`` detaches them (with the attributes of the inodes they
+change) as a ``Batch`` tagged with the epoch they belong to, ``seal_batch`` hashes and
+compresses it (pure CPU work, safe in a thread), and ``commit_batch`` stores chunks and
+records in one LMDB transaction. docs/write-path.md states the rules that keep reads,
+metadata changes and snapshots correct while a batch is in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+import time
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+
+import lmdb
+
+from cowfs.fs import versions
+from cowfs.fs.chunks import SealedChunk, seal
+from cowfs.fs.errors import FsError
+from cowfs.fs.keys import (DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_XATTRS, U64, block_name, entry_name,
+                           name_of_entry)
+from cowfs.fs.records import InodeAttrs, SnapshotRecord
+from cowfs.fs.store import ROOT_INODE, Store
+
+BLOCK_SIZE = 128 * 1024
+NAME_MAX = 255
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+BlockKey = tuple[int, int]
+
+
+@dataclass
+class Batch:
+    """Dirty state detached for flushing; it belongs to ``epoch`` whatever happens meanwhile."""
+
+    epoch: int
+    blocks: dict[BlockKey, bytearray]
+    attrs: dict[int, InodeAttrs]
+    snapshot_id: int | None = None
+    inodes: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.inodes = {ino for ino, _ in self.blocks} | set(self.attrs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(buf) for buf in self.blocks.values())
+
+
+def seal_batch(batch: Batch) -> dict[BlockKey, SealedChunk | None]:
+    """Hash and compress every block of a batch; all-zero blocks become holes (None)."""
+    return {key: seal_block(buf) for key, buf in batch.blocks.items()}
+
+
+def seal_block(buf: bytearray) -> SealedChunk | None:
+    if buf.count(0) == len(buf):
+        return None
+    return seal(bytes(buf))
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG)
+    if not name or b"/" in name or b"\x00" in name or name in (b".", b".."):
+        raise FsError(errno.EINVAL)
+
+
+class Tree:
+    def __init__(self, store: Store, branch_id: int, epoch: int | None = None) -> None:
+        self.store = store
+        self.branch_id = branch_id
+        self.readonly = epoch is not None or store.readonly
+        with store.index.reading() as txn:
+            self.view = store.view(txn, branch_id, epoch)
+        self.dirty_blocks: dict[BlockKey, bytearray] = {}
+        self.dirty_attrs: dict[int, InodeAttrs] = {}
+        self.dirty_bytes = 0
+        self.inflight: list[Batch] = []
+        self._inode_pool: Iterator[int] = iter(())
+        self._snapshot_at_epoch: dict[int, int] = {}  # closed epoch -> its snapshot, for accounting
+        self.changed_since_snapshot = True  # unknown after a restart, so assume changed
+        self.last_snapshot: SnapshotRecord | None = None
+        self._db_inodes = store.index.db(DB_INODES)
+        self._db_dirents = store.index.db(DB_DIRENTS)
+        self._db_blocks = store.index.db(DB_BLOCKS)
+        self._db_xattrs = store.index.db(DB_XATTRS)
+
+    @classmethod
+    def at_snapshot(cls, store: Store, snapshot: SnapshotRecord) -> "Tree":
+        return cls(store, snapshot.branch, snapshot.epoch)
+
+    @property
+    def head(self) -> int:
+        return self.view[0][1]
+
+    # -- attributes --------------------------------------------------------------------------
+    def _stored_attrs(self, txn: lmdb.Transaction, ino: int) -> InodeAttrs | None:
+        raw = versions.get(txn, self._db_inodes, self.view, ino, b"")
+        return InodeAttrs.decode(raw) if raw is not None else None
+
+    def _attrs(self, txn: lmdb.Transaction, ino: int) -> InodeAttrs:
+        attrs = self.dirty_attrs.get(ino)
+        if attrs is None:
+            for batch in reversed(self.inflight):
+                attrs = batch.attrs.get(ino)
+                if attrs is not None:
+                    break
+            else:
+                attrs = self._stored_attrs(txn, ino)
+        if attrs is None:
+            raise FsError(errno.ENOENT)
+        return attrs
+
+    def _set_attrs(self, txn: lmdb.Transaction, ino: int, attrs: InodeAttrs) -> None:
+        # An inode with unflushed data keeps its attributes in memory until its batch commits,
+        # so that an older batch can never overwrite newer attributes (docs/write-path.md).
+        if ino in self.dirty_attrs or self.is_inflight(ino):
+            self.dirty_attrs[ino] = attrs
+        else:
+            versions.put(txn, self._db_inodes, self.branch_id, self.head, ino, b"", attrs.encode())
+
+    def getattr(self, ino: int) -> InodeAttrs:
+        if ino in self.dirty_attrs:
+            return self.dirty_attrs[ino]
+        with self.store.index.reading() as txn:
+            return self._attrs(txn, ino)
+
+    def is_inflight(self, ino: int) -> bool:
+        return any(ino in batch.inodes for batch in self.inflight)
+
+    # -- directories -------------------------------------------------------------------------
+    def _entry(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+        raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
+        return U64.unpack(raw)[0] if raw is not None else None
+
+    def _set_entry(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int | None) -> None:
+        versions.put(txn, self._db_dirents, self.branch_id, self.head, parent, entry_name(name),
+                     None if ino is None else U64.pack(ino))
+
+    def _dir_attrs(self, txn: lmdb.Transaction, ino: int) -> InodeAttrs:
+        attrs = self._attrs(txn, ino)
+        if not attrs.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return attrs
+
+    def lookup(self, parent: int, name: bytes) -> tuple[int, InodeAttrs]:
+        with self.store.index.reading() as txn:
+            self._dir_attrs(txn, parent)
+            ino = self._entry(txn, parent, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            return ino, self._attrs(txn, ino)
+
+    def listdir(self, ino: int) -> list[tuple[bytes, int]]:
+        with self.store.index.reading() as txn:
+            self._dir_attrs(txn, ino)
+            entries = versions.scan(txn, self._db_dirents, self.view, ino)
+        return sorted((name_of_entry(name), U64.unpack(raw)[0]) for name, raw in entries.items())
+
+    def _is_empty_dir(self, txn: lmdb.Transaction, ino: int) -> bool:
+        return not versions.has_any(txn, self._db_dirents, self.view, ino)
+
+    # -- changing the namespace --------------------------------------------------------------
+    def _writable(self) -> None:
+        """Every change passes here, which is how a snapshot knows whether anything changed."""
+        if self.readonly:
+            raise FsError(errno.EROFS)
+        self.changed_since_snapshot = True
+
+    def _new_inode(self) -> int:
+        ino = next(self._inode_pool, None)
+        if ino is None:
+            self._inode_pool = iter(self.store.allocate_inodes(1024))
+            ino = next(self._inode_pool)
+        return ino
+
+    def _touch_dir(self, txn: lmdb.Transaction, ino: int, nlink_delta: int = 0, now: int | None = None) -> None:
+        attrs = self._attrs(txn, ino)
+        now = now or _now()
+        self._set_attrs(txn, ino, attrs.changed(mtime_ns=now, ctime_ns=now, nlink=attrs.nlink + nlink_delta))
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
+               target: bytes = b"") -> tuple[int, InodeAttrs]:
+        """Create a file, directory, symlink or device node: one transaction."""
+        self._writable()
+        _check_name(name)
+        ino = self._new_inode()
+        now = _now()
+        is_dir = stat.S_ISDIR(mode)
+        attrs = InodeAttrs(mode, uid, gid, 2 if is_dir else 1, len(target), now, now, now, rdev, target)
+
+        def change(txn: lmdb.Transaction) -> None:
+            self._dir_attrs(txn, parent)
+            if self._entry(txn, parent, name) is not None:
+                raise FsError(errno.EEXIST)
+            versions.put(txn, self._db_inodes, self.branch_id, self.head, ino, b"", attrs.encode())
+            self._set_entry(txn, parent, name, ino)
+            self._touch_dir(txn, parent, 1 if is_dir else 0, now)
+
+        self.store.index.write(change)
+        return ino, attrs
+
+    def link(self, ino: int, parent: int, name: bytes) -> InodeAttrs:
+        self._writable()
+        _check_name(name)
+
+        def change(txn: lmdb.Transaction) -> InodeAttrs:
+            attrs = self._attrs(txn, ino)
+            if attrs.is_dir:
+                raise FsError(errno.EPERM)
+            self._dir_attrs(txn, parent)
+            if self._entry(txn, parent, name) is not None:
+                raise FsError(errno.EEXIST)
+            now = _now()
+            attrs = attrs.changed(nlink=attrs.nlink + 1, ctime_ns=now)
+            self._set_attrs(txn, ino, attrs)
+            self._set_entry(txn, parent, name, ino)
+            self._touch_dir(txn, parent, 0, now)
+            return attrs
+
+        return self.store.index.write(change)
+
+    def _drop_link(self, txn: lmdb.Transaction, ino: int, attrs: InodeAttrs, now: int) -> InodeAttrs:
+        nlink = 0 if attrs.is_dir else attrs.nlink - 1
+        attrs = attrs.changed(nlink=nlink, ctime_ns=now)
+        self._set_attrs(txn, ino, attrs)
+        return attrs
+
+    def unlink(self, parent: int, name: bytes, *, directory: bool = False) -> tuple[int, InodeAttrs]:
+        """Remove one name; returns the inode and its attributes after (nlink 0: no names left)."""
+        self._writable()
+
+        def change(txn: lmdb.Transaction) -> tuple[int, InodeAttrs]:
+            self._dir_attrs(txn, parent)
+            ino = self._entry(txn, parent, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            attrs = self._attrs(txn, ino)
+            if directory and not attrs.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if not directory and attrs.is_dir:
+                raise FsError(errno.EISDIR)
+            if directory and not self._is_empty_dir(txn, ino):
+                raise FsError(errno.ENOTEMPTY)
+            now = _now()
+            self._set_entry(txn, parent, name, None)
+            self._touch_dir(txn, parent, -1 if directory else 0, now)
+            return ino, self._drop_link(txn, ino, attrs, now)
+
+        return self.store.index.write(change)
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               flags: int = 0) -> tuple[int, InodeAttrs] | None:
+        """Move a name; returns the inode it replaced (with its attributes after), if any."""
+        self._writable()
+        _check_name(new_name)
+
+        def change(txn: lmdb.Transaction) -> tuple[int, InodeAttrs] | None:
+            self._dir_attrs(txn, old_parent)
+            self._dir_attrs(txn, new_parent)
+            moved = self._entry(txn, old_parent, old_name)
+            if moved is None:
+                raise FsError(errno.ENOENT)
+            replaced = self._entry(txn, new_parent, new_name)
+            moved_attrs = self._attrs(txn, moved)
+            now = _now()
+            if flags & RENAME_EXCHANGE:
+                if replaced is None:
+                    raise FsError(errno.ENOENT)
+                self._exchange(txn, old_parent, old_name, moved, moved_attrs, new_parent, new_name, replaced, now)
+                return None
+            if replaced is not None and flags & RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST)
+            if replaced == moved:
+                return None
+            replaced_attrs = self._attrs(txn, replaced) if replaced is not None else None
+            if replaced_attrs is not None:
+                if moved_attrs.is_dir and not replaced_attrs.is_dir:
+                    raise FsError(errno.ENOTDIR)
+                if not moved_attrs.is_dir and replaced_attrs.is_dir:
+                    raise FsError(errno.EISDIR)
+                if replaced_attrs.is_dir and not self._is_empty_dir(txn, replaced):
+                    raise FsError(errno.ENOTEMPTY)
+            self._set_entry(txn, new_parent, new_name, moved)
+            self._set_entry(txn, old_parent, old_name, None)
+            moved_dir = 1 if moved_attrs.is_dir else 0
+            replaced_dir = 1 if replaced_attrs is not None and replaced_attrs.is_dir else 0
+            if old_parent == new_parent:
+                self._touch_dir(txn, old_parent, -replaced_dir, now)
+            else:
+                self._touch_dir(txn, old_parent, -moved_dir, now)
+                self._touch_dir(txn, new_parent, moved_dir - replaced_dir, now)
+            self._set_attrs(txn, moved, moved_attrs.changed(ctime_ns=now))
+            if replaced is None or replaced_attrs is None:
+                return None
+            return replaced, self._drop_link(txn, replaced, replaced_attrs, now)
+
+        return self.store.index.write(change)
+
+    def _exchange(self, txn: lmdb.Transaction, parent_a: int, name_a: bytes, ino_a: int, attrs_a: InodeAttrs,
+                  parent_b: int, name_b: bytes, ino_b: int, now: int) -> None:
+        attrs_b = self._attrs(txn, ino_b)
+        self._set_entry(txn, parent_a, name_a, ino_b)
+        self._set_entry(txn, parent_b, name_b, ino_a)
+        if parent_a != parent_b:
+            delta = (1 if attrs_b.is_dir else 0) - (1 if attrs_a.is_dir else 0)
+            self._touch_dir(txn, parent_a, delta, now)
+            self._touch_dir(txn, parent_b, -delta, now)
+        else:
+            self._touch_dir(txn, parent_a, 0, now)
+        self._set_attrs(txn, ino_a, attrs_a.changed(ctime_ns=now))
+        self._set_attrs(txn, ino_b, attrs_b.changed(ctime_ns=now))
+
+    def delete_inode(self, ino: int) -> None:
+        """Forget an inode that has no names and no open users; its old versions stay for snapshots."""
+        self._writable()
+        if self.is_inflight(ino):
+            raise RuntimeError("delete_inode while a batch holding the inode is in flight")
+        for key in [key for key in self.dirty_blocks if key[0] == ino]:
+            self.dirty_bytes -= len(self.dirty_blocks.pop(key))
+        self.dirty_attrs.pop(ino, None)
+        self.store.index.write(lambda txn: versions.put(txn, self._db_inodes, self.branch_id, self.head,
+                                                        ino, b"", None))
+
+    # -- attributes changed by the user ---------------------------------------------------------
+    def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                size: int | None = None, atime_ns: int | None = None, mtime_ns: int | None = None,
+                ctime_ns: int | None = None) -> InodeAttrs:
+        self._writable()
+
+        def change(txn: lmdb.Transaction) -> InodeAttrs:
+            attrs = self._attrs(txn, ino)
+            now = _now()
+            changes: dict = {"ctime_ns": ctime_ns or now}
+            if mode is not None:
+                changes["mode"] = stat.S_IFMT(attrs.mode) | stat.S_IMODE(mode)
+            if uid is not None:
+                changes["uid"] = uid
+            if gid is not None:
+                changes["gid"] = gid
+            if atime_ns is not None:
+                changes["atime_ns"] = atime_ns
+            if mtime_ns is not None:
+                changes["mtime_ns"] = mtime_ns
+            if size is not None and size != attrs.size:
+                if not attrs.is_reg:
+                    raise FsError(errno.EISDIR if attrs.is_dir else errno.EINVAL)
+                self._truncate(txn, ino, attrs.size, size)
+                changes["size"] = size
+                if mtime_ns is None:
+                    changes["mtime_ns"] = now
+            new = attrs.changed(**changes)
+            self._set_attrs(txn, ino, new)
+            return new
+
+        return self.store.index.write(change)
+
+    def _truncate(self, txn: lmdb.Transaction, ino: int, old_size: int, new_size: int) -> None:
+        if new_size >= old_size:
+            return  # growing leaves a hole: absent blocks read as zeros
+        if self.is_inflight(ino):
+            raise RuntimeError("truncate while a batch holding the inode is in flight")
+        first_gone = -(-new_size // BLOCK_SIZE)
+        tail = new_size % BLOCK_SIZE
+        if tail:
+            boundary = new_size // BLOCK_SIZE
+            buf = self._dirty_block(txn, ino, boundary, whole=False)
+            if len(buf) > tail:
+                self.dirty_bytes -= len(buf) - tail
+                del buf[tail:]
+        for key in [key for key in self.dirty_blocks if key[0] == ino and key[1] >= first_gone]:
+            self.dirty_bytes -= len(self.dirty_blocks.pop(key))
+        for name in versions.scan(txn, self._db_blocks, self.view, ino, start=block_name(first_gone)):
+            versions.put(txn, self._db_blocks, self.branch_id, self.head, ino, name, None)
+
+    def readlink(self, ino: int) -> bytes:
+        attrs = self.getattr(ino)
+        if not attrs.is_symlink:
+            raise FsError(errno.EINVAL)
+        return attrs.target
+
+    # -- file data ---------------------------------------------------------------------------
+    def _block(self, txn: lmdb.Transaction, ino: int, index: int) -> bytes | bytearray | None:
+        key = (ino, index)
+        buf = self.dirty_blocks.get(key)
+        if buf is not None:
+            return buf
+        for batch in reversed(self.inflight):
+            buf = batch.blocks.get(key)
+            if buf is not None:
+                return buf
+        digest = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
+        return None if digest is None else self.store.read_chunk(txn, digest)
+
+    def _dirty_block(self, txn: lmdb.Transaction, ino: int, index: int, whole: bool) -> bytearray:
+        key = (ino, index)
+        buf = self.dirty_blocks.get(key)
+        if buf is None:
+            base = None if whole else self._block(txn, ino, index)
+            buf = bytearray(base) if base else bytearray()
+            self.dirty_blocks[key] = buf
+            self.dirty_bytes += len(buf)
+        return buf
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        with self.store.index.reading() as txn:
+            attrs = self._attrs(txn, ino)
+            if attrs.is_dir:
+                raise FsError(errno.EISDIR)
+            end = min(offset + size, attrs.size)
+            if offset >= end:
+                return b""
+            out = bytearray()
+            pos = offset
+            while pos < end:
+                index, lo = divmod(pos, BLOCK_SIZE)
+                count = min(BLOCK_SIZE - lo, end - pos)
+                block = self._block(txn, ino, index)
+                piece = block[lo:lo + count] if block else b""
+                out += piece
+                if len(piece) < count:
+                    out += bytes(count - len(piece))
+                pos += count
+            return bytes(out)
+
+    def write(self, ino: int, offset: int, data: bytes) -> int:
+        self._writable()
+        view = memoryview(data)
+        with self.store.index.reading() as txn:
+            attrs = self._attrs(txn, ino)
+            if not attrs.is_reg:
+                raise FsError(errno.EISDIR if attrs.is_dir else errno.EINVAL)
+            pos, end = offset, offset + len(data)
+            while pos < end:
+                index, lo = divmod(pos, BLOCK_SIZE)
+                count = min(BLOCK_SIZE - lo, end - pos)
+                buf = self._dirty_block(txn, ino, index, whole=(lo == 0 and count == BLOCK_SIZE))
+                before = len(buf)
+                if before < lo:
+                    buf.extend(bytes(lo - before))
+                buf[lo:lo + count] = view[pos - offset:pos - offset + count]
+                self.dirty_bytes += len(buf) - before
+                pos += count
+        now = _now()
+        self.dirty_attrs[ino] = attrs.changed(size=max(attrs.size, end), mtime_ns=now, ctime_ns=now)
+        return len(data)
+
+    # -- xattrs ------------------------------------------------------------------------------
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        with self.store.index.reading() as txn:
+            self._attrs(txn, ino)
+            value = versions.get(txn, self._db_xattrs, self.view, ino, entry_name(name))
+        if value is None:
+            raise FsError(errno.ENODATA)
+        return value
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        with self.store.index.reading() as txn:
+            self._attrs(txn, ino)
+            return sorted(name_of_entry(n) for n in versions.scan(txn, self._db_xattrs, self.view, ino))
+
+    def setxattr(self, ino: int, name: bytes, value: bytes | None) -> None:
+        """Set, or with None remove, an extended attribute."""
+        self._writable()
+
+        def change(txn: lmdb.Transaction) -> None:
+            attrs = self._attrs(txn, ino)
+            if value is None and versions.get(txn, self._db_xattrs, self.view, ino, entry_name(name)) is None:
+                raise FsError(errno.ENODATA)
+            versions.put(txn, self._db_xattrs, self.branch_id, self.head, ino, entry_name(name), value)
+            self._set_attrs(txn, ino, attrs.changed(ctime_ns=_now()))
+
+        self.store.index.write(change)
+
+    # -- flushing and snapshots ----------------------------------------------------------------
+    def take_batch(self, snapshot_id: int | None = None) -> Batch | None:
+        """Detach the dirty state (O(1): the dicts change hands) as a batch of the head epoch."""
+        if not self.dirty_blocks and not self.dirty_attrs and snapshot_id is None:
+            return None
+        batch = Batch(self.head, self.dirty_blocks, self.dirty_attrs, snapshot_id)
+        self.dirty_blocks, self.dirty_attrs, self.dirty_bytes = {}, {}, 0
+        self.inflight.append(batch)
+        return batch
+
+    def commit_batch(self, batch: Batch, sealed: dict[BlockKey, SealedChunk | None]) -> int:
+        """Store a sealed batch at its own epoch; returns the compressed bytes it added.
+
+        Batches must commit in the order they were taken (the daemon has one flusher)."""
+        assert self.inflight and self.inflight[0] is batch, "batches commit in the order taken"
+        store = self.store
+
+        def change(txn: lmdb.Transaction) -> int:
+            added = store.add_chunks(txn, (chunk for chunk in sealed.values() if chunk is not None))
+            for (ino, index), chunk in sealed.items():
+                versions.put(txn, self._db_blocks, self.branch_id, batch.epoch, ino, block_name(index),
+                             None if chunk is None else chunk.digest)
+            for ino, attrs in batch.attrs.items():
+                versions.put(txn, self._db_inodes, self.branch_id, batch.epoch, ino, b"", attrs.encode())
+            # Space is charged to the snapshot that closed the batch's epoch, or to the open one.
+            owner = self._snapshot_at_epoch.get(batch.epoch)
+            if owner is not None:
+                record = store.snapshot_in(txn, owner)
+                if record is not None:
+                    durable = record.durable or batch.snapshot_id == owner
+                    store.put_snapshot(txn, replace(record, durable=durable,
+                                                    bytes_added=record.bytes_added + added))
+            else:
+                branch = store.branch(txn, self.branch_id)
+                store.put_branch(txn, replace(branch, bytes_since_snapshot=branch.bytes_since_snapshot + added))
+            return added
+
+        added = store.index.write(change)
+        self.inflight.pop(0)
+        if batch.snapshot_id is not None:
+            self._snapshot_at_epoch.pop(batch.epoch, None)
+        return added
+
+    def flush(self) -> int:
+        """Take, seal and commit in one go (what tests and the daemon's shutdown use)."""
+        added = 0
+        while self.inflight:
+            batch = self.inflight[0]
+            added += self.commit_batch(batch, seal_batch(batch))
+        batch = self.take_batch()
+        if batch is not None:
+            added += self.commit_batch(batch, seal_batch(batch))
+        return added
+
+    def snapshot(self, label: str = "", meta: dict | None = None) -> tuple[SnapshotRecord, Batch | None]:
+        """Take a snapshot at once; it is durable when the returned batch commits.
+
+        When nothing changed since the previous snapshot of this tree, the new one shares its
+        epoch: one small record, no batch, and ``same_as`` tells the log it added nothing."""
+        if self.readonly:
+            raise FsError(errno.EROFS)
+        previous = self.last_snapshot
+        if not self.changed_since_snapshot and previous is not None:
+            record = self.store.index.write(
+                lambda txn: self.store.record_unchanged_snapshot(txn, previous, label, meta or {}))
+            self.last_snapshot = record
+            return record, None
+        batch_epoch = self.head
+        record = self.store.index.write(
+            lambda txn: self.store.take_snapshot(txn, self.branch_id, label, meta or {}, durable=False))
+        assert record.epoch == batch_epoch, "another process moved this branch's head"
+        self._snapshot_at_epoch[record.epoch] = record.id
+        batch = self.take_batch(snapshot_id=record.id)
+        assert batch is not None
+        self.view = ((self.branch_id, record.epoch + 1),) + self.view[1:]
+        self.changed_since_snapshot = False
+        self.last_snapshot = record
+        return record, batch
+
+    # -- walking -------------------------------------------------------------------------------
+    def walk(self, ino: int = ROOT_INODE, prefix: bytes = b"") -> Iterator[tuple[bytes, int, InodeAttrs]]:
+        """Every path below ``ino`` with its inode and attributes, parents before children."""
+        for name, child in self.listdir(ino):
+            path = prefix + b"/" + name if prefix else name
+            attrs = self.getattr(child)
+            yield path, child, attrs
+            if attrs.is_dir:
+                yield from self.walk(child, path)
+
+    def block_digests(self, ino: int) -> dict[bytes, bytes]:
+        """The stored chunk of every block of a file (what diff compares)."""
+        with self.store.index.reading() as txn:
+            return versions.scan(txn, self._db_blocks, self.view, ino)
+

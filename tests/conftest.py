@@ -1,0 +1,140 @@
+"""Shared fixtures. Mounted tests start real daemons through the real CLI, each in its own
+temporary directory, and tear every mount down even when the test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from cowfs.daemon.addresses import cowfs_mounts
+from cowfs.fs.store import Store
+
+FUSE_OK = os.path.exists("/dev/fuse") and os.geteuid() == 0
+needs_fuse = pytest.mark.skipif(not FUSE_OK, reason="mounted tests need /dev/fuse and root")
+
+
+def run_cli(*args: str, store: Path | None = None, cwd: Path | None = None, check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if store is not None:
+        env["COWFS_STORE"] = str(store)
+    result = subprocess.run([sys.executable, "-m", "cowfs.cli.main", *args], capture_output=True, text=True,
+                            env=env, cwd=cwd, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"cowfs {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def drop_caches() -> None:
+    """Make the next read reach the daemon instead of the kernel's page cache."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+@dataclass
+class Workspace:
+    """A store plus the mounts a test made on it."""
+
+    root: Path
+    store: Path
+    mounts: list[Path] = field(default_factory=list)
+
+    def cli(self, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return run_cli(*args, store=self.store, check=check, cwd=cwd)
+
+    def mount(self, *source: str, name: str = "mnt", branch: str | None = None) -> Path:
+        mountpoint = self.root / name
+        mountpoint.mkdir(exist_ok=True)
+        extra = ["--branch", branch] if branch else []
+        self.cli("mount", *source, str(mountpoint), *extra)
+        self.mounts.append(mountpoint)
+        return mountpoint
+
+    def umount(self, mountpoint: Path) -> None:
+        self.cli("umount", str(mountpoint))
+        self.mounts.remove(mountpoint)
+
+    def snap(self, mountpoint: Path, label: str = "", wait: bool = False) -> dict:
+        args = ["snap", "--json", "-m", label, str(mountpoint)] + (["--wait"] if wait else [])
+        return json.loads(self.cli(*args).stdout)
+
+    def daemon_pid(self, mountpoint: Path) -> int:
+        from cowfs.cli.client import request
+
+        return request(mountpoint, {"op": "status"})["pid"]
+
+    def open_store(self) -> Store:
+        return Store.open(self.store, readonly=True)
+
+
+def force_unmount(mountpoint: Path) -> None:
+    """Last resort when a clean unmount failed: kill the daemon, detach the mount."""
+    try:
+        from cowfs.cli.client import request
+
+        pid = request(mountpoint, {"op": "status"}, timeout=5)["pid"]
+        os.kill(pid, signal.SIGKILL)
+    except Exception:
+        pass
+    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path):
+    if not FUSE_OK:
+        pytest.skip("mounted tests need /dev/fuse and root")
+    ws = Workspace(tmp_path, tmp_path / "store")
+    ws.cli("init")
+    try:
+        yield ws
+    finally:
+        for mountpoint in list(ws.mounts):
+            try:
+                ws.umount(mountpoint)
+            except Exception:
+                force_unmount(mountpoint)
+        for entry in cowfs_mounts():
+            if entry.mountpoint.startswith(str(tmp_path)):
+                force_unmount(Path(entry.mountpoint))
+        _reap_daemons(ws.store)
+
+
+def _reap_daemons(store: Path) -> None:
+    """No test may leave a daemon behind: wait for those of this store to exit."""
+    deadline = time.monotonic() + 20
+    pattern = f"--store {store} "
+    while time.monotonic() < deadline:
+        left = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).find(pattern) >= 0]
+        if not left:
+            return
+        time.sleep(0.05)
+    for proc in left:
+        try:
+            os.kill(int(proc.name), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    raise AssertionError(f"daemons of {store} were still running after the test")
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    opened = Store.init(tmp_path / "store")
+    try:
+        yield opened
+    finally:
+        opened.close()

@@ -1,0 +1,72 @@
+"""Bad input: one clear line on stderr, a non-zero exit, nothing lost."""
+
+from __future__ import annotations
+
+import os
+
+from conftest import needs_fuse, run_cli
+
+pytestmark = needs_fuse
+
+
+def assert_fails(result, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_unknown_snapshot(workspace):
+    mnt = workspace.mount()
+    (mnt / "f").write_text("x")
+    (workspace.root / "b").mkdir()
+    assert_fails(workspace.cli("mount", "nosuch", str(workspace.root / "b"), check=False), "no snapshot 'nosuch'")
+    assert_fails(workspace.cli("diff", "@99", "@98", check=False), "no snapshot '@99'")
+    assert (mnt / "f").read_text() == "x"
+
+
+def test_mount_point_problems(workspace):
+    missing = workspace.root / "missing"
+    assert_fails(workspace.cli("mount", str(missing), check=False), "does not exist")
+    full = workspace.root / "full"
+    full.mkdir()
+    (full / "file").write_text("mine")
+    assert_fails(workspace.cli("mount", str(full), check=False), "not empty")
+    assert (full / "file").read_text() == "mine"
+    mnt = workspace.mount()
+    assert_fails(workspace.cli("mount", str(mnt), check=False), "already mounted")
+    other = workspace.root / "other"
+    other.mkdir()
+    assert_fails(workspace.cli("mount", str(other), check=False), "already mounted")
+
+
+def test_store_missing_or_not_a_store(tmp_path):
+    assert_fails(run_cli("log", store=tmp_path / "nothing", check=False), "no cowfs store", "cowfs init")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "precious").write_text("keep")
+    assert_fails(run_cli("init", store=junk, check=False), "not empty")
+    assert_fails(run_cli("log", store=junk, check=False), "not a cowfs store")
+    assert (junk / "precious").read_text() == "keep"
+
+
+def test_snap_outside_a_mount_and_without_a_daemon(workspace, tmp_path):
+    assert_fails(workspace.cli("snap", str(tmp_path), check=False), "not inside a cowfs mount")
+    assert_fails(workspace.cli("umount", str(tmp_path), check=False), "not a cowfs mount point")
+
+
+def test_snap_works_from_a_subdirectory(workspace):
+    mnt = workspace.mount()
+    (mnt / "deep" / "er").mkdir(parents=True)
+    result = workspace.cli("snap", "-m", "from inside", cwd=mnt / "deep" / "er")
+    assert result.stdout.strip().startswith("@")
+
+
+def test_store_and_socket_are_private(workspace):
+    mnt = workspace.mount()
+    assert os.stat(workspace.store).st_mode & 0o777 == 0o700
+    from cowfs.daemon.addresses import control_socket_path
+
+    sock = control_socket_path(mnt)
+    assert os.stat(sock).st_mode & 0o777 == 0o600
+    assert os.stat(sock.parent).st_mode & 0o777 == 0o700

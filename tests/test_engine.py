@@ -1,0 +1,255 @@
+"""The storage engine on its own: no FUSE, no daemon."""
+
+from __future__ import annotations
+
+import errno
+import stat
+from pathlib import Path
+
+import pytest
+
+from cowfs.fs import keys, versions
+from cowfs.fs.errors import CorruptChunkError, FsError, StoreError
+from cowfs.fs.keys import DB_DIRENTS
+from cowfs.fs.packs import scan_pack
+from cowfs.fs.store import ROOT_INODE, Store
+from cowfs.fs.tree import BLOCK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE, Tree
+
+FILE = stat.S_IFREG | 0o644
+DIR = stat.S_IFDIR | 0o755
+
+
+def new_file(tree: Tree, name: bytes, data: bytes = b"", parent: int = ROOT_INODE) -> int:
+    ino, _ = tree.create(parent, name, FILE, 0, 0)
+    if data:
+        tree.write(ino, 0, data)
+    return ino
+
+
+def test_inverted_epochs_sort_newest_first():
+    older = keys.versioned_key(1, 5, b"", 3)
+    newer = keys.versioned_key(1, 5, b"", 4)
+    assert newer < older
+    assert keys.epoch_of(newer) == 4
+
+
+def test_entry_names_are_prefix_free():
+    names = [b"a", b"a\x01", b"ab", b"a" * 255]
+    encoded = [keys.entry_name(n) for n in names]
+    for a in encoded:
+        for b in encoded:
+            assert a == b or not b.startswith(a)
+
+
+def test_versioned_lookup_follows_epochs_tombstones_and_parents(store: Store):
+    db = store.index.db(DB_DIRENTS)
+
+    def change(txn):
+        versions.put(txn, db, 1, 1, 7, b"x\0", b"v1")
+        versions.put(txn, db, 1, 3, 7, b"x\0", b"v3")
+        versions.put(txn, db, 1, 5, 7, b"x\0", None)
+        versions.put(txn, db, 9, 1, 7, b"y\0", b"branch")
+
+    store.index.write(change)
+    with store.index.reading() as txn:
+        assert versions.get(txn, db, ((1, 0),), 7, b"x\0") is None
+        assert versions.get(txn, db, ((1, 2),), 7, b"x\0") == b"v1"
+        assert versions.get(txn, db, ((1, 4),), 7, b"x\0") == b"v3"
+        assert versions.get(txn, db, ((1, 9),), 7, b"x\0") is None
+        branch_view = ((9, 1), (1, 3))
+        assert versions.scan(txn, db, branch_view, 7) == {b"x\0": b"v3", b"y\0": b"branch"}
+
+
+def test_write_read_across_blocks_and_holes(store: Store):
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f")
+    data = bytes(range(256)) * 1500
+    tree.write(ino, BLOCK_SIZE - 100, data)
+    tree.write(ino, 10 * BLOCK_SIZE + 7, b"tail")
+    tree.flush()
+    expected = bytes(BLOCK_SIZE - 100) + data
+    expected += bytes(10 * BLOCK_SIZE + 7 - len(expected)) + b"tail"
+    assert tree.getattr(ino).size == len(expected)
+    assert tree.read(ino, 0, len(expected) + 100) == expected
+    assert tree.read(ino, 5 * BLOCK_SIZE + 3, 10) == expected[5 * BLOCK_SIZE + 3:5 * BLOCK_SIZE + 13]
+
+
+def test_truncate_down_then_up_reads_zeros(store: Store):
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f", b"x" * (3 * BLOCK_SIZE))
+    tree.flush()
+    tree.setattr(ino, size=BLOCK_SIZE + 5)
+    tree.setattr(ino, size=3 * BLOCK_SIZE)
+    tree.flush()
+    assert tree.read(ino, 0, 3 * BLOCK_SIZE) == b"x" * (BLOCK_SIZE + 5) + bytes(2 * BLOCK_SIZE - 5)
+
+
+def test_sparse_offsets_beyond_4_gib(store: Store):
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"sparse")
+    offset = 5 * 2**30 + 123
+    tree.write(ino, offset, b"far")
+    tree.flush()
+    assert tree.getattr(ino).size == offset + 3
+    assert tree.read(ino, offset - 2, 10) == b"\0\0far"
+    assert store.stats()["chunk_raw_bytes"] < 2 * BLOCK_SIZE
+
+
+def test_snapshot_is_immutable_and_branch_sees_it(store: Store):
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f", b"before")
+    record, batch = tree.snapshot("s1")
+    tree.write(ino, 0, b"AFTER!")
+    new_file(tree, b"g", b"later")
+    tree.flush()
+    frozen = Tree.at_snapshot(store, record)
+    assert frozen.read(ino, 0, 100) == b"before"
+    assert [name for name, _ in frozen.listdir(ROOT_INODE)] == [b"f"]
+    branch = store.fork(record)
+    clone = Tree(store, branch.id)
+    clone.write(ino, 0, b"clone")
+    clone.flush()
+    assert clone.read(ino, 0, 100) == b"clonee"
+    assert Tree.at_snapshot(store, record).read(ino, 0, 100) == b"before"
+    assert tree.read(ino, 0, 100) == b"AFTER!"
+    with pytest.raises(FsError) as raised:
+        frozen.write(ino, 0, b"x")
+    assert raised.value.errno == errno.EROFS
+
+
+def test_branches_nest_to_any_depth(store: Store):
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f", b"0")
+    parent_tree = tree
+    for depth in range(1, 6):
+        record, _ = parent_tree.snapshot(f"depth{depth}")
+        parent_tree.flush()
+        child = Tree(store, store.fork(record).id)
+        assert child.read(ino, 0, 10) == str(depth - 1).encode()
+        child.write(ino, 0, str(depth).encode())
+        parent_tree = child
+    assert tree.read(ino, 0, 10) == b"0"
+
+
+def test_snapshot_cost_does_not_grow_with_files(store: Store):
+    tree = Tree(store, 1)
+    for i in range(300):
+        new_file(tree, f"f{i}".encode(), b"x" * 100)
+    tree.flush()
+    before = store.index.env.stat()["entries"]
+    records = [store.index.env.info()["last_txnid"]]
+    tree.snapshot("a")
+    tree.flush()
+    records.append(store.index.env.info()["last_txnid"])
+    # One transaction for the snapshot, one for its (empty) batch: no per-file work.
+    assert records[1] - records[0] <= 2
+    assert store.index.env.stat()["entries"] == before
+
+
+def test_same_data_is_stored_once(store: Store):
+    tree = Tree(store, 1)
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    new_file(tree, b"a", payload)
+    tree.flush()
+    stored = store.stats()["chunk_raw_bytes"]
+    new_file(tree, b"b", payload)
+    tree.flush()
+    assert store.stats()["chunk_raw_bytes"] == stored
+    assert store.stats()["logical_bytes"] == 2 * len(payload)
+
+
+def test_namespace_errors(store: Store):
+    tree = Tree(store, 1)
+    d, _ = tree.create(ROOT_INODE, b"d", DIR, 0, 0)
+    new_file(tree, b"f", parent=d)
+    with pytest.raises(FsError) as e:
+        tree.create(ROOT_INODE, b"d", FILE, 0, 0)
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(FsError) as e:
+        tree.unlink(ROOT_INODE, b"d", directory=True)
+    assert e.value.errno == errno.ENOTEMPTY
+    with pytest.raises(FsError) as e:
+        tree.unlink(ROOT_INODE, b"d")
+    assert e.value.errno == errno.EISDIR
+    with pytest.raises(FsError) as e:
+        tree.lookup(ROOT_INODE, b"missing")
+    assert e.value.errno == errno.ENOENT
+    with pytest.raises(FsError) as e:
+        tree.create(ROOT_INODE, b"x" * 256, FILE, 0, 0)
+    assert e.value.errno == errno.ENAMETOOLONG
+
+
+def test_rename_replaces_and_counts_links(store: Store):
+    tree = Tree(store, 1)
+    a = new_file(tree, b"a", b"A")
+    b = new_file(tree, b"b", b"B")
+    replaced = tree.rename(ROOT_INODE, b"a", ROOT_INODE, b"b")
+    assert replaced is not None and replaced[0] == b and replaced[1].nlink == 0
+    assert tree.lookup(ROOT_INODE, b"b")[0] == a
+    c = new_file(tree, b"c")
+    with pytest.raises(FsError) as e:
+        tree.rename(ROOT_INODE, b"c", ROOT_INODE, b"b", RENAME_NOREPLACE)
+    assert e.value.errno == errno.EEXIST
+    tree.rename(ROOT_INODE, b"c", ROOT_INODE, b"b", RENAME_EXCHANGE)
+    assert tree.lookup(ROOT_INODE, b"b")[0] == c and tree.lookup(ROOT_INODE, b"c")[0] == a
+    d1, _ = tree.create(ROOT_INODE, b"d1", DIR, 0, 0)
+    tree.create(d1, b"sub", DIR, 0, 0)
+    assert tree.getattr(d1).nlink == 3
+    d2, _ = tree.create(ROOT_INODE, b"d2", DIR, 0, 0)
+    tree.rename(d1, b"sub", d2, b"sub")
+    assert tree.getattr(d1).nlink == 2 and tree.getattr(d2).nlink == 3
+
+
+def test_store_survives_reopen(tmp_path: Path):
+    path = tmp_path / "s"
+    store = Store.init(path)
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"keep", b"data" * 1000)
+    record, _ = tree.snapshot("one")
+    tree.flush()
+    store.close()
+    again = Store.open(path)
+    assert Tree(again, 1).read(ino, 0, 8) == b"datadata"
+    assert again.resolve_snapshot("one").id == record.id
+    again.close()
+
+
+def test_store_refuses_what_is_not_a_store(tmp_path: Path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "file").write_text("x")
+    with pytest.raises(StoreError, match="not empty"):
+        Store.init(tmp_path / "junk")
+    with pytest.raises(StoreError, match="not a cowfs store"):
+        Store.open(tmp_path / "junk")
+    with pytest.raises(StoreError, match="no cowfs store"):
+        Store.open(tmp_path / "missing")
+
+
+def test_snapshot_resolution(store: Store):
+    tree = Tree(store, 1)
+    first, _ = tree.snapshot("before cleaning")
+    second, _ = tree.snapshot("after training")
+    tree.flush()
+    assert store.resolve_snapshot(first.name).id == first.id
+    assert store.resolve_snapshot(str(second.id)).id == second.id
+    assert store.resolve_snapshot("before").id == first.id
+    with pytest.raises(StoreError, match="no snapshot"):
+        store.resolve_snapshot("nothing")
+
+
+def test_corrupt_chunk_is_an_error_never_wrong_bytes(store: Store):
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f", bytes(range(256)) * 1024)
+    tree.flush()
+    store.sync()
+    pack = next((store.path / "packs").glob("*.pack"))
+    _, _, offset, length = next(scan_pack(pack))
+    with open(pack, "r+b") as handle:
+        handle.seek(offset + length // 2)
+        byte = handle.read(1)
+        handle.seek(offset + length // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    store.chunk_cache.clear()
+    with pytest.raises(CorruptChunkError) as raised:
+        tree.read(ino, 0, 100)
+    assert raised.value.errno == errno.EIO

@@ -1,0 +1,205 @@
+"""Snapshots and branches through real mounts: atomic, immutable, nested, persistent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import drop_caches, needs_fuse
+
+pytestmark = needs_fuse
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Path -> content hash (or link target / 'dir'), for byte-for-byte comparisons."""
+    result = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            result[rel] = "link:" + os.readlink(path)
+        elif path.is_dir():
+            result[rel] = "dir"
+        else:
+            result[rel] = hashlib.blake2b(path.read_bytes()).hexdigest()
+    return result
+
+
+def test_snapshot_holds_writes_before_and_nothing_after(workspace):
+    mnt = workspace.mount()
+    before = os.urandom(5 << 20)
+    with open(mnt / "f", "wb") as handle:  # stays open: no close() flushes the kernel's pages
+        handle.write(before)
+        handle.flush()
+        snap = workspace.snap(mnt, "mid")
+        handle.seek(0)
+        handle.write(b"after" * 1000)
+    (mnt / "later").write_text("not in the snapshot")
+    back = workspace.mount(snap["id"], name="back")
+    assert (back / "f").read_bytes() == before
+    assert not (back / "later").exists()
+
+
+def test_snapshot_mount_is_a_branch_and_the_snapshot_never_changes(workspace):
+    mnt = workspace.mount()
+    (mnt / "data").mkdir()
+    (mnt / "data" / "x.csv").write_text("a,b\n1,2\n")
+    expected = tree_digest(mnt)
+    snap = workspace.snap(mnt, "base")
+    (mnt / "data" / "x.csv").write_text("changed on main\n")
+    branch = workspace.mount(snap["id"], name="b1")
+    assert tree_digest(branch) == expected
+    (branch / "data" / "x.csv").write_text("changed on the branch\n")
+    (branch / "new").write_text("new")
+    workspace.umount(branch)
+    again = workspace.mount(snap["id"], name="b2")
+    assert tree_digest(again) == expected
+    assert (mnt / "data" / "x.csv").read_text() == "changed on main\n"
+
+
+def test_branches_of_branches_to_depth(workspace):
+    mnt = workspace.mount()
+    (mnt / "level").write_text("0")
+    current = mnt
+    for depth in range(1, 4):
+        snap = workspace.snap(current, f"d{depth}")
+        current = workspace.mount(snap["id"], name=f"depth{depth}")
+        assert (current / "level").read_text() == str(depth - 1)
+        (current / "level").write_text(str(depth))
+    assert (mnt / "level").read_text() == "0"
+
+
+def test_unmount_and_mount_again_keeps_tree_and_snapshots(workspace):
+    mnt = workspace.mount()
+    (mnt / "d").mkdir()
+    (mnt / "d" / "big").write_bytes(os.urandom(2 << 20))
+    workspace.snap(mnt, "one")
+    (mnt / "d" / "small").write_text("s")
+    expected = tree_digest(mnt)
+    workspace.umount(mnt)
+    mnt = workspace.mount()
+    assert tree_digest(mnt) == expected
+    labels = [s["label"] for s in json.loads(workspace.cli("log", "--json").stdout)]
+    assert labels == ["one"]
+
+
+def test_kill_9_loses_nothing_that_was_fsynced(workspace):
+    mnt = workspace.mount()
+    payload = os.urandom(1 << 20)
+    with open(mnt / "synced", "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    snap = workspace.snap(mnt, "durable", wait=True)
+    assert snap["durable"] is True
+    os.kill(workspace.daemon_pid(mnt), signal.SIGKILL)
+    time.sleep(0.2)
+    result = workspace.cli("mount", str(mnt))  # clears the stale mount, starts a new daemon
+    assert "stale" in result.stderr
+    assert (mnt / "synced").read_bytes() == payload
+    back = workspace.mount(snap["id"], name="back")
+    assert (back / "synced").read_bytes() == payload
+
+
+def test_sigterm_flushes_and_unmounts(workspace):
+    mnt = workspace.mount()
+    (mnt / "f").write_bytes(b"z" * 100000)
+    pid = workspace.daemon_pid(mnt)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.path.ismount(mnt):
+        time.sleep(0.05)
+    assert not os.path.ismount(mnt)
+    workspace.mounts.remove(mnt)
+    mnt = workspace.mount()
+    assert (mnt / "f").read_bytes() == b"z" * 100000
+
+
+def test_sigusr1_takes_a_snapshot(workspace):
+    mnt = workspace.mount()
+    (mnt / "f").write_text("x")
+    os.kill(workspace.daemon_pid(mnt), signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if json.loads(workspace.cli("log", "--json").stdout):
+            break
+        time.sleep(0.05)
+    record = json.loads(workspace.cli("log", "--json").stdout)[0]
+    assert record["meta"] == {"trigger": "SIGUSR1"}
+
+
+def test_same_data_in_two_files_and_two_branches_is_stored_once(workspace):
+    mnt = workspace.mount()
+    payload = os.urandom(4 << 20)
+    (mnt / "a").write_bytes(payload)
+    snap = workspace.snap(mnt, "one", wait=True)
+    unique = json.loads(workspace.cli("status", "--json").stdout)["chunk_raw_bytes"]
+    (mnt / "b").write_bytes(payload)
+    branch = workspace.mount(snap["id"], name="b")
+    (branch / "c").write_bytes(payload)
+    workspace.snap(mnt, wait=True)
+    workspace.snap(branch, wait=True)
+    status = json.loads(workspace.cli("status", "--json").stdout)
+    assert status["chunk_raw_bytes"] == unique
+    assert status["logical_bytes"] >= 3 * len(payload)
+
+
+def test_small_change_to_big_workspace_adds_about_the_change(workspace):
+    mnt = workspace.mount()
+    for i in range(8):
+        (mnt / f"part{i}").write_bytes(os.urandom(8 << 20))
+    workspace.snap(mnt, "base", wait=True)
+    with open(mnt / "part3", "r+b") as handle:
+        handle.seek(5 << 20)
+        handle.write(os.urandom(1 << 20))
+    after = workspace.snap(mnt, "after", wait=True)
+    assert (1 << 20) <= after["bytes_added"] <= (1 << 20) + (256 << 10)
+
+
+def test_diff_lists_added_removed_modified(workspace):
+    mnt = workspace.mount()
+    (mnt / "keep").write_text("same")
+    (mnt / "change").write_text("v1")
+    (mnt / "remove").write_text("bye")
+    workspace.snap(mnt, "a")
+    (mnt / "change").write_text("v2!")
+    (mnt / "remove").unlink()
+    (mnt / "add").write_text("hello")
+    workspace.snap(mnt, "b")
+    changes = {c["path"]: c["kind"] for c in json.loads(workspace.cli("diff", "a", "b", "--json").stdout)}
+    assert changes == {"add": "added", "change": "modified", "remove": "removed"}
+
+
+def test_real_tools_through_the_mount(workspace, tmp_path):
+    mnt = workspace.mount()
+    source = Path(os.__file__).parent / "json"
+    subprocess.run(["cp", "-a", str(source), str(mnt / "json")], check=True)
+    subprocess.run(["tar", "cf", str(tmp_path / "j.tar"), "-C", str(source.parent), "json"], check=True)
+    (mnt / "untar").mkdir()
+    subprocess.run(["tar", "xf", str(tmp_path / "j.tar"), "-C", str(mnt / "untar")], check=True)
+    git = ["git", "-c", "user.email=t@e", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q", str(mnt / "repo")], check=True)
+    (mnt / "repo" / "README").write_text("hello\n")
+    subprocess.run(git + ["-C", str(mnt / "repo"), "add", "-A"], check=True)
+    subprocess.run(git + ["-C", str(mnt / "repo"), "commit", "-qm", "first"], check=True)
+    subprocess.run(["sqlite3", str(mnt / "db.sqlite"),
+                    "create table t(x); insert into t values (1),(2),(3);"], check=True)
+    expected = tree_digest(mnt)
+    snap = workspace.snap(mnt, "tools")
+    subprocess.run(["sqlite3", str(mnt / "db.sqlite"), "insert into t values (4);"], check=True)
+    drop_caches()
+    assert tree_digest(mnt / "json") == tree_digest(source)
+    assert tree_digest(mnt / "untar" / "json") == tree_digest(source)
+    back = workspace.mount(snap["id"], name="back")
+    assert tree_digest(back) == expected
+    fsck = subprocess.run(["git", "-C", str(back / "repo"), "fsck"], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stderr
+    rows = subprocess.run(["sqlite3", str(back / "db.sqlite"), "select count(*) from t;"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert rows == "3"
