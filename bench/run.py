@@ -1,0 +1,286 @@
+"""cowfs benchmarks: each workload on a native directory, a minimal pyfuse3 passthrough and
+cowfs, interleaved in one run, reported as median [min-max] and as ratios.
+
+    python bench/run.py [--size-mb 256] [--files 5000] [--reps 3] [--snapshot-files 1000,10000,100000]
+
+Prints a markdown table and writes bench/results/latest.json. Needs root and /dev/fuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from cowfs.cli.client import request  # noqa: E402
+from cowfs.fs.store import Store  # noqa: E402
+
+TARGETS = ("native", "passthrough", "cowfs")
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+def cowfs(*args: str, store: Path) -> str:
+    env = {**os.environ, "COWFS_STORE": str(store)}
+    return subprocess.run([sys.executable, "-m", "cowfs.cli.main", *args], env=env, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def wait_mounted(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not mount")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def target(kind: str, scratch: Path) -> Iterator[Path]:
+    """A fresh, empty directory of the given kind; torn down afterwards whatever happens."""
+    base = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=scratch))
+    mnt = base / "mnt"
+    mnt.mkdir()
+    process = None
+    try:
+        if kind == "passthrough":
+            (base / "backing").mkdir()
+            process = subprocess.Popen([sys.executable, str(REPO / "bench" / "passthrough.py"),
+                                        str(base / "backing"), str(mnt)])
+            wait_mounted(mnt)
+        elif kind == "cowfs":
+            cowfs("init", store=base / "store")
+            cowfs("mount", str(mnt), store=base / "store")
+        yield mnt
+    finally:
+        if kind == "cowfs" and os.path.ismount(mnt):
+            cowfs("umount", str(mnt), store=base / "store")
+        if process is not None:
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+            process.wait(timeout=30)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def timed(action: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+# -- workloads: each returns {metric: value} for one repetition ---------------------------------------
+def compressible(size: int) -> bytes:
+    rng = random.Random(1)
+    lines, total = [], 0
+    while total < size:
+        line = f"{rng.randrange(10**6)},{rng.random():.6f},{rng.choice(['cat', 'dog', 'eel'])},2026-11-{rng.randrange(1, 29):02d}\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def sequential(mnt: Path, payload: bytes, name: str) -> dict[str, float]:
+    path = mnt / name
+    mb = len(payload) / 2**20
+
+    def write() -> None:
+        with open(path, "wb") as handle:
+            for offset in range(0, len(payload), 1 << 20):
+                handle.write(payload[offset:offset + (1 << 20)])
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read() -> None:
+        with open(path, "rb") as handle:
+            while handle.read(1 << 20):
+                pass
+
+    result = {f"{name} write+fsync MB/s": mb / timed(write)}
+    drop_caches()
+    result[f"{name} cold read MB/s"] = mb / timed(read)
+    result[f"{name} warm read MB/s"] = mb / timed(read)
+    path.unlink()
+    return result
+
+
+def random_writes(mnt: Path, file_mb: int, count: int) -> dict[str, float]:
+    path = mnt / "random.bin"
+    with open(path, "wb") as handle:
+        handle.truncate(file_mb << 20)
+    rng = random.Random(2)
+    block = os.urandom(4096)
+    offsets = [rng.randrange(0, (file_mb << 20) // 4096) * 4096 for _ in range(count)]
+
+    def run() -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for offset in offsets:
+                os.pwrite(fd, block, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    seconds = timed(run)
+    path.unlink()
+    return {"random 4 KiB writes+fsync /s": count / seconds}
+
+
+def small_files(mnt: Path, count: int) -> dict[str, float]:
+    root = mnt / "small"
+    root.mkdir()
+    names = [root / f"d{i % 50}" / f"f{i}.txt" for i in range(count)]
+    for i in range(50):
+        (root / f"d{i}").mkdir()
+    create = timed(lambda: [p.write_bytes(b"x" * 100) for p in names])
+    drop_caches()
+    stat = timed(lambda: [p.stat() for p in names])
+    listing = timed(lambda: [os.listdir(root / f"d{i}") for i in range(50)])
+    delete = timed(lambda: [p.unlink() for p in names])
+    shutil.rmtree(root)
+    return {"create files/s": count / create, "stat files/s": count / stat,
+            "list files/s": count / listing, "delete files/s": count / delete}
+
+
+def run_comparisons(args: argparse.Namespace, scratch: Path) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {kind: {} for kind in TARGETS}
+    incompressible = random.Random(3).randbytes(args.size_mb << 20)
+    text = compressible(args.size_mb << 20)
+    for rep in range(args.reps):
+        for kind in TARGETS:  # interleaved: drift in the machine hits every target alike
+            with target(kind, scratch) as mnt:
+                figures = {}
+                figures.update(sequential(mnt, incompressible, "incompressible"))
+                figures.update(sequential(mnt, text, "compressible"))
+                figures.update(random_writes(mnt, 256, args.random_writes))
+                figures.update(small_files(mnt, args.files))
+            for metric, value in figures.items():
+                results[kind].setdefault(metric, []).append(value)
+            print(f"  rep {rep + 1} {kind} done", file=sys.stderr)
+    return results
+
+
+# -- cowfs-only figures --------------------------------------------------------------------------------
+def snapshot_latency(scratch: Path, file_counts: list[int], samples: int) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    with target("cowfs", scratch) as mnt:
+        made = 0
+        for count in file_counts:
+            for i in range(made, count):
+                directory = mnt / f"d{i // 1000}"
+                if i % 1000 == 0:
+                    directory.mkdir(exist_ok=True)
+                (directory / f"f{i}").write_bytes(b"%d" % i)
+            made = count
+            for written_mb in (0, 1, 256):
+                if written_mb and count != file_counts[0]:
+                    continue
+                times = []
+                for _ in range(samples):
+                    if written_mb:
+                        (mnt / "changing.bin").write_bytes(os.urandom(written_mb << 20))
+                    else:
+                        (mnt / "tick").write_bytes(os.urandom(16))
+                    started = time.perf_counter()
+                    request(mnt, {"op": "snapshot", "label": "bench"})
+                    times.append((time.perf_counter() - started) * 1000)
+                times.sort()
+                durable = time.perf_counter()
+                request(mnt, {"op": "snapshot", "label": "bench-durable", "wait": True})
+                durable_ms = (time.perf_counter() - durable) * 1000
+                out[f"{count} files, {written_mb} MiB written"] = {
+                    "p50 ms": statistics.median(times), "p99 ms": times[min(len(times) - 1, int(len(times) * 0.99))],
+                    "durable ms": durable_ms}
+        started = time.perf_counter()
+        back = mnt.parent / "back"
+        back.mkdir()
+        store = mnt.parent / "store"
+        cowfs("mount", "bench-durable", str(back), store=store)
+        out["snapshot mount"] = {"ms": (time.perf_counter() - started) * 1000}
+        cowfs("umount", str(back), store=store)
+    return out
+
+
+def space_after_change(scratch: Path, workspace_mb: int) -> dict[str, float]:
+    with target("cowfs", scratch) as mnt:
+        for i in range(workspace_mb // 64):
+            (mnt / f"part{i}.bin").write_bytes(os.urandom(64 << 20))
+        request(mnt, {"op": "snapshot", "label": "base", "wait": True})
+        with open(mnt / "part0.bin", "r+b") as handle:
+            handle.seek(10 << 20)
+            handle.write(os.urandom(1 << 20))
+        record = request(mnt, {"op": "snapshot", "label": "after", "wait": True})["snapshot"]
+        empty = request(mnt, {"op": "snapshot", "label": "empty", "wait": True})["snapshot"]
+        store = Store.open(mnt.parent / "store", readonly=True)
+        index_bytes = (mnt.parent / "store" / "index.lmdb" / "data.mdb").stat().st_size
+        store.close()
+    return {"workspace MiB": workspace_mb, "bytes added by 1 MiB change": record["bytes_added"],
+            "bytes added by an unchanged snapshot": empty["bytes_added"], "index file bytes": index_bytes}
+
+
+def fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):,.1f} [{min(values):,.1f}–{max(values):,.1f}]"
+
+
+def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace) -> str:
+    lines = [f"Workload: {args.size_mb} MiB sequential files, {args.random_writes} random 4 KiB writes into 256 MiB, "
+             f"{args.files} small files; {args.reps} repetitions, interleaved; median [min–max].", "",
+             "| metric | native | passthrough | cowfs | cowfs/native | cowfs/passthrough |",
+             "|---|---|---|---|---|---|"]
+    for metric in results["cowfs"]:
+        med = {kind: statistics.median(results[kind][metric]) for kind in TARGETS}
+        lines.append(f"| {metric} | {fmt(results['native'][metric])} | {fmt(results['passthrough'][metric])} | "
+                     f"{fmt(results['cowfs'][metric])} | {med['cowfs'] / med['native']:.2f} | "
+                     f"{med['cowfs'] / med['passthrough']:.2f} |")
+    lines += ["", "| snapshot (cowfs, over the control socket) | p50 ms | p99 ms | until durable ms |", "|---|---|---|---|"]
+    for name, row in snapshots.items():
+        if "p50 ms" in row:
+            lines.append(f"| {name} | {row['p50 ms']:.2f} | {row['p99 ms']:.2f} | {row['durable ms']:.1f} |")
+    lines.append(f"| `cowfs mount <snap>` (CLI, until ready) | {snapshots['snapshot mount']['ms']:.0f} | | |")
+    lines += ["", "| space | value |", "|---|---|"] + [f"| {k} | {v:,} |" for k, v in space.items()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=256)
+    parser.add_argument("--random-writes", type=int, default=20000)
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--snapshot-files", default="1000,10000,100000")
+    parser.add_argument("--snapshot-samples", type=int, default=50)
+    parser.add_argument("--space-mb", type=int, default=1024)
+    parser.add_argument("--scratch", default="/var/tmp")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="cowfs-bench-", dir=args.scratch))
+    try:
+        results = run_comparisons(args, scratch)
+        snapshots = snapshot_latency(scratch, [int(n) for n in args.snapshot_files.split(",")], args.snapshot_samples)
+        space = space_after_change(scratch, args.space_mb)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    text = report(results, snapshots, space, args)
+    print(text)
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps({"args": vars(args), "comparisons": results,
+                                                 "snapshots": snapshots, "space": space}, indent=2))
+    (out / "latest.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
