@@ -1,21 +1,30 @@
 """The IPython extension: a snapshot before and after every cell, invisible to the user.
 
-The hooks never raise into the user's cell and never print into its output: when the
-daemon is gone or the kernel works outside any mount, they warn once on stderr and keep
-trying quietly, so snapshots resume when the daemon comes back.
+After each cell the kernel's variables are saved into the workspace (``cowfs.cli.variables``)
+just before the after-cell snapshot, so a snapshot holds the files *and* the variables of
+that moment; ``%cowfs restore <snap>`` brings the variables back in a fresh kernel.
+
+The hooks never raise into the user's cell and add nothing to its output: when the daemon
+is gone or the kernel works outside any mount, they warn once on stderr, in one line, and
+resume quietly when the daemon comes back.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import blake3
 
 from cowfs.cli.client import DaemonError, mount_for, request
+from cowfs.cli.variables import NamespaceSaver, RestoreError, load_namespace
+from cowfs.fs.errors import StoreError
+from cowfs.fs.store import Store
 
 SNAPSHOT_TIMEOUT = 30.0
 
@@ -35,12 +44,21 @@ def first_line(source: str) -> str:
     return ""
 
 
+def _skipped(info: Any) -> bool:
+    """Silent executions (front-end introspection, %%capture internals) are not the user's cells."""
+    return info is not None and (getattr(info, "silent", False) or not getattr(info, "store_history", True))
+
+
 @dataclass
 class CellSnapshots:
     shell: Any
     warned: bool = False
     pending: dict | None = None  # what pre_run_cell learnt, for post_run_cell
     timings: list[float] = field(default_factory=list)  # seconds spent in each hook call
+    saver: NamespaceSaver | None = None
+
+    def __post_init__(self) -> None:
+        self.saver = NamespaceSaver(self.shell)
 
     def register(self) -> None:
         self.shell.events.register("pre_run_cell", self.pre_run_cell)
@@ -61,17 +79,18 @@ class CellSnapshots:
             "cell_id": getattr(info, "cell_id", None),
             "source_hash": blake3.blake3(source.encode()).hexdigest()[:16],
             "first_line": first_line(source),
+            "vars": self.saver.relative_dir,
         }
 
     def pre_run_cell(self, info: Any) -> None:
         started = time.perf_counter()
         try:
-            if getattr(info, "silent", False) or not getattr(info, "store_history", True):
+            if _skipped(info):
                 self.pending = None
                 return
             meta = self._cell_meta(info)
             self.pending = meta
-            self._snapshot(f"before: {meta['first_line']}", {**meta, "phase": "before"})
+            self._snapshot(f"before: {meta['first_line']}", {**meta, "phase": "before"}, save_vars=False)
         except Exception as exc:  # never into the user's cell
             self._warn(exc)
         finally:
@@ -81,7 +100,7 @@ class CellSnapshots:
         started = time.perf_counter()
         try:
             info = getattr(result, "info", None)
-            if info is not None and (getattr(info, "silent", False) or not getattr(info, "store_history", True)):
+            if _skipped(info):
                 return
             # post without pre happens (e.g. whitespace-only cells): describe the cell from here.
             meta = self.pending or (self._cell_meta(info) if info is not None else {"kind": "cell"})
@@ -91,18 +110,20 @@ class CellSnapshots:
             count = getattr(result, "execution_count", None)
             meta = {**meta, "phase": "after", "execution_count": count, "success": error is None,
                     "error": None if error is None else f"{type(error).__name__}: {error}"[:500]}
-            self._snapshot(f"after [{count}] {outcome}: {meta.get('first_line', '')}", meta)
+            self._snapshot(f"after [{count}] {outcome}: {meta.get('first_line', '')}", meta, save_vars=True)
         except Exception as exc:
             self._warn(exc)
         finally:
             self.timings.append(time.perf_counter() - started)
 
-    def _snapshot(self, label: str, meta: dict) -> None:
+    def _snapshot(self, label: str, meta: dict, save_vars: bool) -> None:
         try:
             entry = mount_for(os.getcwd())
+            if save_vars:
+                self.saver.save(Path(entry.mountpoint))
             request(entry.mountpoint, {"op": "snapshot", "label": label[:200], "meta": meta},
                     timeout=SNAPSHOT_TIMEOUT)
-        except DaemonError as exc:
+        except (DaemonError, OSError) as exc:
             self._warn(exc)
             return
         self.warned = False  # working again: warn anew if it breaks again
@@ -111,6 +132,49 @@ class CellSnapshots:
         if not self.warned:
             self.warned = True
             print(f"cowfs: cells are not being snapshotted ({exc})", file=sys.stderr)
+
+
+def restore(shell: Any, ref: str) -> None:
+    """``%cowfs restore <snap>``: the variables as they were at that snapshot."""
+    try:
+        mountpoint = mount_for(os.getcwd()).mountpoint
+        store_path = request(mountpoint, {"op": "status"}, timeout=10)["store"]
+        store = Store.open(Path(store_path), readonly=True)
+        try:
+            record = store.resolve_snapshot(ref)
+            values, problems = load_namespace(store, record)
+        finally:
+            store.close()
+    except (DaemonError, StoreError, RestoreError) as exc:
+        print(f"cowfs: {exc}", file=sys.stderr)
+        return
+    shell.user_ns.update(values)
+    print(f"restored {len(values)} variables from {record.name}: {', '.join(sorted(values)) or '(none)'}")
+    for problem in problems:
+        print(f"  {problem}")
+
+
+def cowfs_magic(shell: Any, line: str) -> None:
+    """%cowfs restore SNAP | log [--cells] | diff A B | snap -m LABEL | blame PATH | status"""
+    import click
+
+    from cowfs.cli.main import cli
+
+    args = shlex.split(line)
+    if args[:1] == ["restore"]:
+        if len(args) != 2:
+            print("usage: %cowfs restore SNAPSHOT", file=sys.stderr)
+            return
+        restore(shell, args[1])
+        return
+    try:
+        cli.main(args=args, prog_name="%cowfs", standalone_mode=False)
+    except click.ClickException as exc:
+        print(f"cowfs: {exc.format_message()}", file=sys.stderr)
+    except click.exceptions.Exit:
+        pass
+    except click.Abort:
+        pass
 
 
 _active: CellSnapshots | None = None
@@ -122,6 +186,7 @@ def load_ipython_extension(ipython: Any) -> None:
         return
     _active = CellSnapshots(ipython)
     _active.register()
+    ipython.register_magic_function(lambda line: cowfs_magic(ipython, line), "line", "cowfs")
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -14,8 +14,9 @@ from cowfs.cli.client import DaemonError, mount_for, request
 from cowfs.cli.output import emit_json, human_size, human_time, table
 from cowfs.daemon.addresses import cowfs_mounts
 from cowfs.fs.diff import diff_trees
+from cowfs.fs.history import CellRun, blame as history_blame, cell_runs, files_changed
 from cowfs.fs.errors import StoreError
-from cowfs.fs.records import SnapshotRecord
+from cowfs.fs.records import SnapshotRecord, format_snapshot_id
 from cowfs.fs.store import MAIN_BRANCH, Store, default_store_path, describe
 from cowfs.fs.tree import Tree
 
@@ -163,27 +164,84 @@ def _branch_names(store: Store) -> dict[int, str]:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-@click.option("-n", "--limit", type=int, default=0, help="Show only the newest N snapshots.")
+@click.option("-n", "--limit", type=int, default=0, help="Show only the newest N entries.")
 @click.option("--branch", help="Only snapshots of this branch.")
+@click.option("--cells", is_flag=True, help="One line per executed notebook cell.")
 @click.pass_obj
-def log(context: Context, as_json: bool, limit: int, branch: str | None) -> None:
-    """List snapshots, newest first."""
+def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: bool) -> None:
+    """List snapshots (or, with --cells, executed cells), newest first."""
     store = context.open_store(readonly=True)
     try:
         names = _branch_names(store)
-        records = store.snapshots()[::-1]
+        records = store.snapshots()
         if branch:
             wanted = store.branch_named(branch).id
             records = [r for r in records if r.branch == wanted]
+        if cells:
+            _log_cells(store, cell_runs(records)[::-1][:limit or None], names, as_json)
+            return
     finally:
         store.close()
-    if limit:
-        records = records[:limit]
+    records = records[::-1][:limit or None]
     if as_json:
         emit_json([{**describe(r), "branch_name": names.get(r.branch)} for r in records])
         return
-    table([[r.name, human_time(r.created), names.get(r.branch, "?"), human_size(r.bytes_added),
-            r.label] for r in records], ["ID", "TIME", "BRANCH", "ADDED", "LABEL"])
+    table([[r.name, human_time(r.created), names.get(r.branch, "?"),
+            f"= {format_snapshot_id(r.same_as)}" if r.same_as else human_size(r.bytes_added), r.label]
+           for r in records], ["ID", "TIME", "BRANCH", "ADDED", "LABEL"])
+
+
+def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json: bool) -> None:
+    rows = []
+    for run in runs:
+        meta = run.meta
+        rows.append({
+            "before": run.before.name if run.before else None, "after": run.after.name,
+            "time": run.after.created, "branch": names.get(run.after.branch), "notebook": meta.get("notebook"),
+            "cell_id": meta.get("cell_id"), "execution_count": meta.get("execution_count"),
+            "first_line": meta.get("first_line", ""), "success": meta.get("success"), "error": meta.get("error"),
+            "files_changed": files_changed(store, run.after), "bytes_added": run.after.bytes_added,
+        })
+    if as_json:
+        emit_json(rows)
+        return
+    table([[f"{r['before'] or '-'}..{r['after']}", human_time(r["time"]), os.path.basename(r["notebook"] or "-"),
+            f"[{r['execution_count']}]", "ok" if r["success"] else (r["error"] or "error").split(":")[0],
+            "no change" if not r["files_changed"] else f"{r['files_changed']} changed", human_size(r["bytes_added"]),
+            r["first_line"][:60]] for r in rows],
+          ["SNAPSHOTS", "TIME", "NOTEBOOK", "CELL", "RESULT", "FILES", "ADDED", "FIRST LINE"])
+
+
+@cli.command()
+@click.argument("path")
+@click.option("--branch", help="Branch to look in when PATH is not inside a mount (default main).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def blame(context: Context, path: str, branch: str | None, as_json: bool) -> None:
+    """Which snapshots (which cells) changed PATH."""
+    relative, branch_name = _workspace_path(path, branch)
+    store = context.open_store(readonly=True)
+    try:
+        found = history_blame(store, store.branch_named(branch_name).id, os.fsencode(relative))
+    finally:
+        store.close()
+    if as_json:
+        emit_json([{**describe(record), "change": how} for record, how in found])
+        return
+    if not found:
+        click.echo(f"no snapshot of branch {branch_name} changed {relative}")
+    for record, how in found:
+        click.echo(f"{record.name}  {human_time(record.created)}  {how:8}  {record.label}")
+
+
+def _workspace_path(path: str, branch: str | None) -> tuple[str, str]:
+    """PATH inside a mount -> (path from the mount's root, the mount's branch)."""
+    try:
+        entry = mount_for(path if os.path.exists(path) else os.path.dirname(os.path.abspath(path)) or ".")
+    except DaemonError:
+        return path.strip("/"), branch or MAIN_BRANCH
+    status = request(entry.mountpoint, {"op": "status"}, timeout=10)
+    return os.path.relpath(os.path.abspath(path), entry.mountpoint), branch or status["branch"]
 
 
 def _tree_at(store: Store, ref: str) -> tuple[SnapshotRecord, Tree]:

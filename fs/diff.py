@@ -20,7 +20,7 @@ def _index(tree: Tree) -> dict[bytes, tuple[int, InodeAttrs]]:
     return {path: (ino, attrs) for path, ino, attrs in tree.walk()}
 
 
-def _same_content(a: Tree, ino_a: int, attrs_a: InodeAttrs, b: Tree, ino_b: int, attrs_b: InodeAttrs) -> bool:
+def same_content(a: Tree, ino_a: int, attrs_a: InodeAttrs, b: Tree, ino_b: int, attrs_b: InodeAttrs) -> bool:
     if attrs_a.mode != attrs_b.mode or attrs_a.size != attrs_b.size or attrs_a.target != attrs_b.target:
         return False
     if attrs_a.is_dir:
@@ -39,6 +39,6 @@ def diff_trees(before: Tree, after: Tree) -> list[Change]:
             changes.append(Change(name, "removed", old[path][1].size, None))
         elif path not in old:
             changes.append(Change(name, "added", None, new[path][1].size))
-        elif not _same_content(before, *old[path], after, *new[path]):
+        elif not same_content(before, *old[path], after, *new[path]):
             changes.append(Change(name, "modified", old[path][1].size, new[path][1].size))
     return changes

@@ -109,6 +109,8 @@ class SnapshotRecord:
     durable: bool = False
     pinned: bool = False
     same_as: int | None = None  # set when nothing changed since that snapshot (same epoch)
+    changed_inodes: list[int] = field(default_factory=list)  # changed in the epoch it closed (capped)
+    changed_count: int = 0  # how many changed, even beyond the cap
 
     @property
     def name(self) -> str:

@@ -31,6 +31,7 @@ FORMAT = b"cowfs-store-1"
 MAIN_BRANCH = "main"
 ROOT_INODE = 1
 FIRST_EPOCH = 1
+MAX_CHANGED_LISTED = 2000
 STATS = ("chunk_count", "chunk_raw_bytes", "chunk_stored_bytes", "logical_bytes")
 
 
@@ -202,11 +203,16 @@ class Store:
 
     # -- snapshots ---------------------------------------------------------------------------
     def take_snapshot(self, txn: lmdb.Transaction, branch_id: int, label: str, meta: dict,
-                      durable: bool) -> SnapshotRecord:
-        """Freeze the branch's head epoch and open the next one: two small records, nothing more."""
+                      changed_inodes: list[int]) -> SnapshotRecord:
+        """Freeze the branch's head epoch and open the next one: two small records, nothing more.
+
+        The record lists the inodes changed in the epoch it closes (O(the change), capped),
+        which is what `cowfs blame` and `cowfs log --cells` read."""
         branch = self.branch(txn, branch_id)
         record = SnapshotRecord(self._take(txn, b"next_snapshot"), branch.id, branch.head, time.time(),
-                                label, meta, branch.bytes_since_snapshot, durable)
+                                label, meta, branch.bytes_since_snapshot, False,
+                                changed_inodes=changed_inodes[:MAX_CHANGED_LISTED],
+                                changed_count=len(changed_inodes))
         self.put_branch(txn, replace(branch, head=branch.head + 1, bytes_since_snapshot=0))
         self.put_snapshot(txn, record)
         return record
@@ -309,5 +315,6 @@ def describe(record: SnapshotRecord) -> dict:
     return {"id": record.name, "branch": record.branch, "epoch": record.epoch, "time": record.created,
             "label": record.label, "meta": record.meta, "bytes_added": record.bytes_added,
             "durable": record.durable, "pinned": record.pinned,
-            "same_as": format_snapshot_id(record.same_as) if record.same_as else None}
+            "same_as": format_snapshot_id(record.same_as) if record.same_as else None,
+            "changed_count": record.changed_count}
 

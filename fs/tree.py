@@ -91,6 +91,7 @@ class Tree:
         self._inode_pool: Iterator[int] = iter(())
         self._snapshot_at_epoch: dict[int, int] = {}  # closed epoch -> its snapshot, for accounting
         self.changed_since_snapshot = True  # unknown after a restart, so assume changed
+        self.changed_inodes: set[int] = set()  # inodes changed since the last snapshot ("blame")
         self.last_snapshot: SnapshotRecord | None = None
         self._db_inodes = store.index.db(DB_INODES)
         self._db_dirents = store.index.db(DB_DIRENTS)
@@ -124,6 +125,7 @@ class Tree:
         return attrs
 
     def _set_attrs(self, txn: lmdb.Transaction, ino: int, attrs: InodeAttrs) -> None:
+        self.changed_inodes.add(ino)
         # An inode with unflushed data keeps its attributes in memory until its batch commits,
         # so that an older batch can never overwrite newer attributes (docs/write-path.md).
         if ino in self.dirty_attrs or self.is_inflight(ino):
@@ -206,6 +208,7 @@ class Tree:
             if self._entry(txn, parent, name) is not None:
                 raise FsError(errno.EEXIST)
             versions.put(txn, self._db_inodes, self.branch_id, self.head, ino, b"", attrs.encode())
+            self.changed_inodes.add(ino)
             self._set_entry(txn, parent, name, ino)
             self._touch_dir(txn, parent, 1 if is_dir else 0, now)
 
@@ -331,6 +334,7 @@ class Tree:
         for key in [key for key in self.dirty_blocks if key[0] == ino]:
             self.dirty_bytes -= len(self.dirty_blocks.pop(key))
         self.dirty_attrs.pop(ino, None)
+        self.changed_inodes.add(ino)
         self.store.index.write(lambda txn: versions.put(txn, self._db_inodes, self.branch_id, self.head,
                                                         ino, b"", None))
 
@@ -455,6 +459,7 @@ class Tree:
                 pos += count
         now = _now()
         self.dirty_attrs[ino] = attrs.changed(size=max(attrs.size, end), mtime_ns=now, ctime_ns=now)
+        self.changed_inodes.add(ino)
         return len(data)
 
     # -- xattrs ------------------------------------------------------------------------------
@@ -552,14 +557,16 @@ class Tree:
             self.last_snapshot = record
             return record, None
         batch_epoch = self.head
+        changed = sorted(self.changed_inodes)
         record = self.store.index.write(
-            lambda txn: self.store.take_snapshot(txn, self.branch_id, label, meta or {}, durable=False))
+            lambda txn: self.store.take_snapshot(txn, self.branch_id, label, meta or {}, changed))
         assert record.epoch == batch_epoch, "another process moved this branch's head"
         self._snapshot_at_epoch[record.epoch] = record.id
         batch = self.take_batch(snapshot_id=record.id)
         assert batch is not None
         self.view = ((self.branch_id, record.epoch + 1),) + self.view[1:]
         self.changed_since_snapshot = False
+        self.changed_inodes = set()
         self.last_snapshot = record
         return record, batch
 
@@ -572,6 +579,16 @@ class Tree:
             yield path, child, attrs
             if attrs.is_dir:
                 yield from self.walk(child, path)
+
+    def resolve(self, path: bytes) -> tuple[int, InodeAttrs] | None:
+        """The inode at a path relative to the root (symlinks are not followed), or None."""
+        ino, attrs = ROOT_INODE, self.getattr(ROOT_INODE)
+        for part in (p for p in path.split(b"/") if p and p != b"."):
+            try:
+                ino, attrs = self.lookup(ino, part)
+            except FsError:
+                return None
+        return ino, attrs
 
     def block_digests(self, ino: int) -> dict[bytes, bytes]:
         """The stored chunk of every block of a file (what diff compares)."""

@@ -1,0 +1,88 @@
+"""Reading the snapshot history as a person asks about it: cell by cell, and path by path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cowfs.fs.diff import same_content
+from cowfs.fs.records import SnapshotRecord
+from cowfs.fs.store import Store
+from cowfs.fs.tree import Tree
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """One executed cell: the snapshots around it and what it did."""
+
+    before: SnapshotRecord | None
+    after: SnapshotRecord
+
+    @property
+    def meta(self) -> dict:
+        return self.after.meta
+
+    @property
+    def unchanged(self) -> bool:
+        return self.after.same_as is not None
+
+
+def cell_runs(snapshots: list[SnapshotRecord]) -> list[CellRun]:
+    """Pair each after-cell snapshot with the before-cell snapshot just preceding it on its branch."""
+    last_before: dict[int, SnapshotRecord] = {}
+    runs = []
+    for record in sorted(snapshots, key=lambda r: r.id):
+        if record.meta.get("kind") != "cell":
+            continue
+        if record.meta.get("phase") == "before":
+            last_before[record.branch] = record
+        elif record.meta.get("phase") == "after":
+            before = last_before.pop(record.branch, None)
+            if before is not None and before.meta.get("source_hash") != record.meta.get("source_hash"):
+                before = None
+            runs.append(CellRun(before, record))
+    return runs
+
+
+def files_changed(store: Store, record: SnapshotRecord) -> int:
+    """How many files (not directories) the epoch closed by ``record`` changed or removed."""
+    if record.same_as is not None:
+        return 0
+    tree = Tree.at_snapshot(store, record)
+    count = record.changed_count - len(record.changed_inodes)  # beyond the cap: counted as files
+    for ino in record.changed_inodes:
+        try:
+            count += not tree.getattr(ino).is_dir
+        except OSError:
+            count += 1  # removed in that epoch
+    return count
+
+
+def _path_changed(store: Store, previous: SnapshotRecord, current: SnapshotRecord, path: bytes) -> str | None:
+    old = Tree.at_snapshot(store, previous).resolve(path)
+    new_tree = Tree.at_snapshot(store, current)
+    new = new_tree.resolve(path)
+    if old is None and new is None:
+        return None
+    if old is None:
+        return "created"
+    if new is None:
+        return "deleted"
+    if old[0] != new[0]:
+        return "replaced"
+    if current.same_as is not None:
+        return None
+    listed_all = current.changed_count <= len(current.changed_inodes)
+    if listed_all:
+        return "modified" if new[0] in current.changed_inodes else None
+    return None if same_content(Tree.at_snapshot(store, previous), *old, new_tree, *new) else "modified"
+
+
+def blame(store: Store, branch_id: int, path: bytes) -> list[tuple[SnapshotRecord, str]]:
+    """Every snapshot of the branch whose epoch changed ``path``, with how."""
+    records = sorted((r for r in store.snapshots() if r.branch == branch_id), key=lambda r: r.id)
+    found = []
+    for previous, current in zip(records, records[1:]):
+        how = _path_changed(store, previous, current, path)
+        if how:
+            found.append((current, how))
+    return found

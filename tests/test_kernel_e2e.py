@@ -1,0 +1,100 @@
+"""End to end with real kernels: a notebook runs in a mount with every cell snapshotted; a
+snapshot before a chosen cell mounts as a branch with its files; a fresh kernel there gets
+the variables back."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_notebook
+
+from conftest import needs_fuse
+
+pytestmark = needs_fuse
+
+CELLS = [
+    "import json, pathlib\nx = 1\npathlib.Path('a.txt').write_text('one')",
+    "pathlib.Path('a.txt').write_text('two')\npathlib.Path('b.bin').write_bytes(bytes(range(256)) * 400)\n"
+    "data = {'k': [1, 2, 3]}\nx = 2\nsquares = (i * i for i in range(3))",
+    "   \n",
+    "raise ValueError('boom')",
+    "pathlib.Path('b.bin').unlink()\nx = 3\ndef triple(v):\n    return 3 * v",
+    "print(json.dumps({'x': x, 'triple': triple(5)}))",
+]
+
+
+def run_notebook(directory, sources: list[str]) -> nbformat.NotebookNode:
+    notebook = new_notebook(cells=[new_code_cell(source) for source in sources])
+    client = NotebookClient(notebook, timeout=60, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(directory)}})
+    client.execute()
+    return notebook
+
+
+def stdout_of(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout")
+
+
+@pytest.fixture
+def kernel_env(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("COWFS_STORE", str(workspace.store))
+    workspace.cli("kernel", "install")
+    return workspace
+
+
+def test_every_cell_snapshotted_then_files_and_variables_come_back(kernel_env):
+    ws = kernel_env
+    mnt = ws.mount()
+    executed = run_notebook(mnt, CELLS)
+    assert json.loads(stdout_of(executed.cells[5])) == {"x": 3, "triple": 15}
+    assert not any(o.get("name") == "stderr" for c in executed.cells for o in c.outputs), \
+        "the hook must add nothing to the cells' output"
+
+    runs = json.loads(ws.cli("log", "--cells", "--json").stdout)[::-1]
+    by_line = {run["first_line"]: run for run in runs}
+    assert by_line["raise ValueError('boom')"]["success"] is False
+    assert "ValueError" in by_line["raise ValueError('boom')"]["error"]
+    assert by_line["import json, pathlib"]["success"] is True
+    assert [r["execution_count"] for r in runs if r["first_line"]][:2] == [1, 2]
+    unlink_run = by_line["pathlib.Path('b.bin').unlink()"]
+
+    blamed = json.loads(ws.cli("blame", str(mnt / "b.bin"), "--json").stdout)
+    assert [b["change"] for b in blamed] == ["created", "deleted"]
+    assert blamed[1]["id"] == unlink_run["after"]
+
+    before = unlink_run["before"]
+    back = ws.mount(before, name="back")
+    assert (back / "a.txt").read_text() == "two"
+    assert (back / "b.bin").read_bytes() == bytes(range(256)) * 400
+
+    restored = run_notebook(back, [f"%cowfs restore {before}",
+                                   "print(json.dumps({'x': x, 'data': data, 'has_triple': 'triple' in dir()}))"])
+    report = stdout_of(restored.cells[0])
+    assert "squares: not saved: generator" in report  # what cannot come back is listed, with why
+    assert json.loads(stdout_of(restored.cells[1])) == {"x": 2, "data": {"k": [1, 2, 3]}, "has_triple": False}
+
+    after = run_notebook(back, [f"%cowfs restore {unlink_run['after']}", "print(triple(7))"])
+    assert stdout_of(after.cells[1]).strip() == "21"
+
+
+def test_hook_survives_a_missing_daemon_and_a_cwd_outside_mounts(kernel_env, tmp_path):
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    executed = run_notebook(outside, ["y = 41", "y += 1\nprint(y)", "print('still fine')"])
+    assert stdout_of(executed.cells[1]).strip() == "42"
+    warnings = [o["text"] for c in executed.cells for o in c.outputs if o.get("name") == "stderr"]
+    assert len(warnings) == 1 and "not inside a cowfs mount" in warnings[0]
+
+
+def test_unchanged_cells_cost_nothing(kernel_env):
+    ws = kernel_env
+    mnt = ws.mount()
+    run_notebook(mnt, ["a = 1", "1 + 1", "2 + 2"])
+    snapshots = json.loads(ws.cli("log", "--json").stdout)
+    repeated = [s for s in snapshots if s["same_as"]]
+    assert repeated, "snapshots with nothing changed in between share their epoch"
+    assert all(s["bytes_added"] == 0 for s in repeated)
