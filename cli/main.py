@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -14,10 +15,13 @@ from cowfs.cli.client import DaemonError, mount_for, request
 from cowfs.cli.output import emit_json, human_size, human_time, table
 from cowfs.daemon.addresses import cowfs_mounts
 from cowfs.fs.diff import diff_trees
+from cowfs.fs.fsck import check as fsck_check
+from cowfs.fs.gc import collect_garbage
+from cowfs.fs.retention import Policy, parse_duration, plan_prune, protected, remove_snapshots, set_pinned
 from cowfs.fs.history import CellRun, blame as history_blame, cell_runs, files_changed
 from cowfs.fs.errors import StoreError
 from cowfs.fs.records import SnapshotRecord, format_snapshot_id
-from cowfs.fs.store import MAIN_BRANCH, Store, default_store_path, describe
+from cowfs.fs.store import MAIN_BRANCH, NEEDS_FSCK, Store, default_store_path, describe
 from cowfs.fs.tree import Tree
 
 
@@ -297,6 +301,7 @@ def status(context: Context, as_json: bool) -> None:
             "branches": [{"name": b.name, "id": b.id, "head": b.head, "source_snapshot": b.source_snapshot}
                          for b in branches],
             "snapshots": snapshot_count,
+            "needs_fsck": (store.path / NEEDS_FSCK).exists(),
             **stats,
             "dedup_ratio": round(stats["logical_bytes"] / stats["chunk_raw_bytes"], 3)
             if stats["chunk_raw_bytes"] else 1.0,
@@ -310,6 +315,8 @@ def status(context: Context, as_json: bool) -> None:
         return
     click.echo(f"store      {document['store']}  ({human_size(document['store_bytes'])} on disk)")
     click.echo(f"snapshots  {snapshot_count}")
+    if document["needs_fsck"]:
+        click.echo(f"DAMAGE     a daemon met damaged data (see {store.path / NEEDS_FSCK}); run `cowfs fsck`")
     click.echo(f"data       {human_size(stats['logical_bytes'])} written, {human_size(stats['chunk_raw_bytes'])} "
                f"unique, {human_size(stats['chunk_stored_bytes'])} stored (dedup x{document['dedup_ratio']}, "
                f"compression x{document['compression_ratio']})")
@@ -321,6 +328,123 @@ def status(context: Context, as_json: bool) -> None:
     for branch in branches:
         origin = f"  from {branch.source_snapshot}" if branch.source_snapshot else ""
         click.echo(f"  {branch.name}{origin}")
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Fix what can be fixed without guessing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def fsck(context: Context, repair: bool, as_json: bool) -> None:
+    """Verify every chunk, reference, version chain and tree of the store; exit 1 on damage."""
+    store = context.open_store(readonly=not repair)
+    try:
+        report = fsck_check(store, repair=repair)
+        if repair and report.clean:
+            (store.path / NEEDS_FSCK).unlink(missing_ok=True)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(report.__dict__ | {"clean": report.clean})
+    else:
+        for line in report.repaired:
+            click.echo(f"repaired: {line}")
+        for line in report.damage:
+            click.echo(f"DAMAGE: {line}")
+        for line in report.notes:
+            click.echo(f"note: {line}")
+        click.echo(f"checked {report.chunks_checked} chunks and {report.trees_checked} trees: "
+                   + ("no damage" if report.clean else f"{len(report.damage)} problem(s)"))
+    if not report.clean:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("snapshots", nargs=-1, required=True)
+@click.pass_obj
+def rm(context: Context, snapshots: tuple[str, ...]) -> None:
+    """Delete snapshots (their space returns at the next `cowfs gc`)."""
+    store = context.open_store()
+    try:
+        records = [store.resolve_snapshot(ref) for ref in snapshots]
+        remove_snapshots(store, records)
+    finally:
+        store.close()
+    click.echo(f"removed {', '.join(r.name for r in records)}; run `cowfs gc` to reclaim their space")
+
+
+@cli.command()
+@click.argument("snapshot")
+@click.pass_obj
+def pin(context: Context, snapshot: str) -> None:
+    """Keep a snapshot whatever prune says."""
+    _set_pin(context, snapshot, True)
+
+
+@cli.command()
+@click.argument("snapshot")
+@click.pass_obj
+def unpin(context: Context, snapshot: str) -> None:
+    """Let prune remove a snapshot again."""
+    _set_pin(context, snapshot, False)
+
+
+def _set_pin(context: Context, ref: str, pinned: bool) -> None:
+    store = context.open_store()
+    try:
+        record = set_pinned(store, store.resolve_snapshot(ref), pinned)
+    finally:
+        store.close()
+    click.echo(f"{record.name} {'pinned' if pinned else 'unpinned'}")
+
+
+@cli.command()
+@click.option("--keep-last", type=int, default=0, help="Keep the newest N of each branch.")
+@click.option("--keep-within", default=None, help="Keep everything newer than this (90m, 12h, 1d, 2w).")
+@click.option("--keep-hourly", type=int, default=0, help="Keep the newest of each of the last N hours.")
+@click.option("--keep-daily", type=int, default=0, help="Keep the newest of each of the last N days.")
+@click.option("--dry-run", is_flag=True, help="Say what would go, remove nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def prune(context: Context, keep_last: int, keep_within: str | None, keep_hourly: int, keep_daily: int,
+          dry_run: bool, as_json: bool) -> None:
+    """Remove the snapshots a retention policy does not keep (pinned ones and branch origins stay)."""
+    policy = Policy(keep_last, parse_duration(keep_within) if keep_within else 0.0, keep_hourly, keep_daily)
+    if policy.empty:
+        fail("give at least one --keep-* option; prune without a policy would remove every snapshot")
+    store = context.open_store()
+    try:
+        snapshots = store.snapshots()
+        keep, remove = plan_prune(snapshots, policy, time.time(), set(protected(store, snapshots)))
+        if not dry_run and remove:
+            remove_snapshots(store, remove)
+    finally:
+        store.close()
+    if as_json:
+        emit_json({"kept": [r.name for r in keep], "removed": [r.name for r in remove], "dry_run": dry_run})
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"kept {len(keep)} snapshots, {verb} {len(remove)}"
+               + ("" if dry_run or not remove else "; run `cowfs gc` to reclaim their space"))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def gc(context: Context, as_json: bool) -> None:
+    """Reclaim the space of removed snapshots and overwritten data (safe while mounted)."""
+    store = context.open_store()
+    try:
+        report = collect_garbage(store)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(report.__dict__)
+        return
+    for problem in report.problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"removed {report.versions_removed} record versions and {report.chunks_removed} chunks, "
+               f"rewrote {report.packs_rewritten} packs, deleted {report.packs_deleted}: "
+               f"{human_size(report.bytes_before)} -> {human_size(report.bytes_after)}")
 
 
 @cli.group()

@@ -50,6 +50,8 @@ class Flusher:
         self._taken = 0  # batches handed to the worker
         self._committed = 0  # batches committed, in order
         self._changed = trio.Event()
+        self._retry_now = trio.Event()
+        self._failures = 0
         self.failure: BaseException | None = None
 
     # -- handing work over ---------------------------------------------------------------------
@@ -64,12 +66,22 @@ class Flusher:
         batch = self.tree.take_batch()
         return self.submit(batch) if batch is not None else self._taken
 
+    def _failure_error(self) -> OSError:
+        code = getattr(self.failure, "errno", None) or errno.EIO
+        return OSError(code, f"flushing to the store failed: {self.failure}")
+
     async def wait_committed(self, sequence: int) -> None:
+        """Wait for a batch; raise if an attempt to commit fails while we wait.
+
+        A failing store is retried with backoff; a new waiter cuts the backoff short, so
+        fsync after the disk has room again succeeds at once instead of reporting old news."""
+        failures_at_start = self._failures
+        if self.failure is not None:
+            self._retry_now.set()
         while self._committed < sequence:
-            if self.failure is not None:
-                code = getattr(self.failure, "errno", None) or errno.EIO
-                raise OSError(code, f"flushing to the store failed: {self.failure}")
             await self._changed.wait()
+            if self._failures > failures_at_start:
+                raise self._failure_error()
 
     async def flush(self, durable: bool) -> None:
         """Everything written so far is in the store (and on disk when ``durable``)."""
@@ -83,7 +95,10 @@ class Flusher:
             await self.wait_committed(self._committed + 1)
 
     async def throttle(self) -> None:
-        """Called after a write: start a flush above the threshold, wait if far behind."""
+        """Called after a write: start a flush above the threshold, wait if far behind.
+
+        While the store's disk is full, writes beyond the in-flight limit wait for the retry
+        and fail with its error (ENOSPC), so memory stays bounded and the writer hears it."""
         if self.tree.dirty_bytes >= DIRTY_FLUSH_BYTES:
             self.kick()
         while sum(b.nbytes for b in self.tree.inflight) > INFLIGHT_LIMIT_BYTES:
@@ -110,8 +125,11 @@ class Flusher:
             except Exception as exc:
                 log.error("flush of epoch %d failed, will retry: %s", batch.epoch, exc)
                 self.failure = exc
+                self._failures += 1
                 self._wake()
-                await trio.sleep(delay)
+                with trio.move_on_after(delay):
+                    await self._retry_now.wait()
+                self._retry_now = trio.Event()
                 delay = min(delay * 2, 10.0)
                 continue
             self.failure = None
@@ -129,3 +147,4 @@ class Flusher:
                 await self.flush(durable=True)
             else:
                 await trio.to_thread.run_sync(self.tree.store.sync)
+            self.tree.store.packs.drop_missing()

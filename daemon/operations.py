@@ -40,7 +40,11 @@ def translate_errors(handler: F) -> F:
         except pyfuse3.FUSEError:
             raise
         except CorruptChunkError as exc:
-            log.error("I/O error in %s: %s; run `cowfs fsck` on this store", handler.__name__, exc)
+            operations = args[0]
+            where = operations.describe_inode(args[1]) if len(args) > 1 and isinstance(args[1], int) else ""
+            message = f"I/O error in {handler.__name__}{where}: {exc}; run `cowfs fsck` on this store"
+            log.error(message)
+            operations.tree.store.flag_damage(message)
             raise pyfuse3.FUSEError(errno.EIO) from exc
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
@@ -83,6 +87,12 @@ class CowOperations(pyfuse3.Operations):
         self._next_dir_handle = 1
 
     # -- helpers -----------------------------------------------------------------------------------
+    def describe_inode(self, ino: int) -> str:
+        """For error reports: which file (path found by a walk, only when something failed)."""
+        path = next((p for p, child, _ in self.tree.walk() if child == ino), None)
+        shown = path.decode(errors="replace") if path else f"inode {ino}"
+        return f" of {shown} on branch {self.tree.branch_id} (epoch {self.tree.head})"
+
     def _known(self, ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
         """Reply with an entry the kernel will now hold a reference to."""
         self.lookups[ino] += 1
@@ -196,6 +206,10 @@ class CowOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if self.tree.readonly and flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
+        if flags & os.O_TRUNC and attrs.size:
+            # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do, here.
+            await self.flusher.wait_inode_settled(inode)
+            self.tree.setattr(inode, size=0)
         # Nothing but this daemon changes the tree, so cached pages stay valid across opens.
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 

@@ -7,6 +7,8 @@ made inside one write transaction, so a crash leaves either all of it or none.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -16,6 +18,15 @@ from cowfs.fs.keys import ALL_DBS
 
 T = TypeVar("T")
 INITIAL_MAP_SIZE = 1 << 30
+
+
+def as_os_error(exc: lmdb.Error) -> OSError:
+    """LMDB reports disk trouble as its own exceptions without errno; the kernel needs one."""
+    text = str(exc)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+        if os.strerror(code) in text:
+            return OSError(code, f"store index: {text}")
+    return OSError(errno.EIO, f"store index: {text}")
 
 
 class Index:
@@ -57,10 +68,15 @@ class Index:
                 self.env.set_mapsize(0)
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.Error as exc:
+                raise as_os_error(exc) from exc
 
     def sync(self) -> None:
         """Force every committed transaction to disk (the index is opened without per-commit sync)."""
-        self.env.sync(True)
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:
+            raise as_os_error(exc) from exc
 
     def close(self) -> None:
         self.env.close()

@@ -39,8 +39,12 @@ DB_DIRENTS = b"dirents"  # versioned: owner = directory inode, name = entry name
 DB_XATTRS = b"xattrs"  # versioned: owner = inode, name = attribute name NUL -> value bytes
 DB_BLOCKS = b"blocks"  # versioned: owner = inode, name = block index u64 -> chunk hash (32 bytes)
 DB_CHUNKS = b"chunks"  # chunk hash (32 bytes) -> ChunkLocation (pack, offset, stored and raw length)
+# chunk hash -> gc round u64: chunks that a commit re-used (deduplicated against) during that
+# garbage-collection round, so gc never deletes a chunk that became referenced while it scanned.
+DB_RECENT_REFS = b"recent_refs"
+VERSIONED_DBS = (DB_INODES, DB_DIRENTS, DB_XATTRS, DB_BLOCKS)
 ALL_DBS = (DB_META, DB_BRANCHES, DB_BRANCH_NAMES, DB_SNAPSHOTS, DB_INODES, DB_DIRENTS,
-           DB_XATTRS, DB_BLOCKS, DB_CHUNKS)
+           DB_XATTRS, DB_BLOCKS, DB_CHUNKS, DB_RECENT_REFS)
 
 
 def inverted(epoch: int) -> bytes:

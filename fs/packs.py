@@ -6,6 +6,8 @@ The header repeats what the index knows so that packs alone can rebuild or check
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import struct
 from pathlib import Path
@@ -16,11 +18,30 @@ from cowfs.fs.records import ChunkLocation
 
 MAGIC = b"CWC1"
 HEADER = struct.Struct(f">4s{HASH_LEN}sII")
-PACK_ROTATE_BYTES = 512 * 1024 * 1024
+PACK_ROTATE_BYTES = 128 * 1024 * 1024  # smaller packs let gc reclaim space sooner
 
 
 def pack_path(directory: Path, pack_id: int) -> Path:
     return directory / f"{pack_id:08d}.pack"
+
+
+class PackMissingError(CorruptChunkError):
+    """The index names a pack file that is not there (gc moved it, or the store is damaged)."""
+
+
+def pack_in_use(path: Path) -> bool:
+    """Whether some process is appending to this pack (it holds the shared lock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 class PackWriter:
@@ -30,14 +51,23 @@ class PackWriter:
         self.pack_id = pack_id
         self.path = pack_path(directory, pack_id)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # A shared lock says "being appended to": gc never rewrites or deletes such a pack.
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
         self.size = os.fstat(self._fd).st_size
         self._unsynced = False
 
     def append(self, chunk: SealedChunk) -> ChunkLocation:
         header = HEADER.pack(MAGIC, chunk.digest, chunk.raw_len, len(chunk.payload))
-        written = os.writev(self._fd, [header, chunk.payload])
+        try:
+            written = os.writev(self._fd, [header, chunk.payload])
+        except OSError:
+            os.ftruncate(self._fd, self.size)
+            raise
         if written != len(header) + len(chunk.payload):
-            raise OSError(f"short write to {self.path}")
+            # A short write to a file means the disk filled up. Cut the torn record off so
+            # the pack stays a clean sequence of records for the next append and for fsck.
+            os.ftruncate(self._fd, self.size)
+            raise OSError(errno.ENOSPC, f"no space left for {self.path}")
         location = ChunkLocation(self.pack_id, self.size + len(header), len(chunk.payload), chunk.raw_len)
         self.size += written
         self._unsynced = True
@@ -64,18 +94,29 @@ class PackReader:
         self._directory = directory
         self._fds: dict[int, int] = {}
 
+    def forget(self, pack_id: int) -> None:
+        """Close our descriptor of a pack that gc has removed."""
+        fd = self._fds.pop(pack_id, None)
+        if fd is not None:
+            os.close(fd)
+
     def read(self, location: ChunkLocation) -> bytes:
         fd = self._fds.get(location.pack)
         if fd is None:
             try:
                 fd = os.open(pack_path(self._directory, location.pack), os.O_RDONLY)
             except FileNotFoundError as exc:
-                raise CorruptChunkError(f"pack {location.pack} is missing from the store") from exc
+                raise PackMissingError(f"pack {location.pack} is missing from the store") from exc
             self._fds[location.pack] = fd
         payload = os.pread(fd, location.stored_len, location.offset)
         if len(payload) != location.stored_len:
             raise CorruptChunkError(f"pack {location.pack} is shorter than the index says")
         return payload
+
+    def drop_missing(self) -> None:
+        """Close descriptors of packs that gc deleted, so their disk space really comes back."""
+        for pack_id in [p for p in self._fds if not pack_path(self._directory, p).exists()]:
+            self.forget(pack_id)
 
     def close(self) -> None:
         for fd in self._fds.values():

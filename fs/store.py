@@ -22,8 +22,8 @@ from cowfs.fs.chunks import SealedChunk, unseal
 from cowfs.fs.errors import CorruptChunkError, StoreError
 from cowfs.fs.index import Index
 from cowfs.fs.keys import (DB_BRANCH_NAMES, DB_BRANCHES, DB_CHUNKS, DB_INODES, DB_META,
-                           DB_SNAPSHOTS, U32, U64)
-from cowfs.fs.packs import PackReader, PackWriter
+                           DB_RECENT_REFS, DB_SNAPSHOTS, U32, U64)
+from cowfs.fs.packs import PackMissingError, PackReader, PackWriter
 from cowfs.fs.records import BranchRecord, ChunkLocation, InodeAttrs, SnapshotRecord, format_snapshot_id
 from cowfs.fs.versions import View
 
@@ -32,6 +32,7 @@ MAIN_BRANCH = "main"
 ROOT_INODE = 1
 FIRST_EPOCH = 1
 MAX_CHANGED_LISTED = 2000
+NEEDS_FSCK = "NEEDS_FSCK"  # written when a daemon meets damage; `cowfs fsck --repair` clears it
 STATS = ("chunk_count", "chunk_raw_bytes", "chunk_stored_bytes", "logical_bytes")
 
 
@@ -112,9 +113,7 @@ class Store:
         return cls(path, index, readonly=readonly)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self.close_pack()
         self.packs.close()
         self.index.close()
 
@@ -271,14 +270,24 @@ class Store:
             self._writer = PackWriter(self.path / "packs", pack_id)
         return self._writer
 
+    def close_pack(self) -> None:
+        """Finish this process's pack; the next chunk starts a new one."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
     def add_chunks(self, txn: lmdb.Transaction, sealed: Iterable[SealedChunk]) -> int:
         """Store the chunks not stored yet; returns the compressed bytes this added."""
         chunks, meta = self.index.db(DB_CHUNKS), self.index.db(DB_META)
+        recent_refs = self.index.db(DB_RECENT_REFS)
         writer = self.pack_writer(txn)
         added_stored = added_raw = added_count = logical = 0
+        gc_round = _get_u64(txn, meta, b"gc_round")
         for chunk in sealed:
             logical += chunk.raw_len
             if txn.get(chunk.digest, db=chunks) is not None:
+                if gc_round:  # a collection may be deciding this chunk's fate: tell it
+                    txn.put(chunk.digest, U64.pack(gc_round), db=recent_refs)
                 continue
             location = writer.append(chunk)
             txn.put(chunk.digest, location.encode(), db=chunks)
@@ -299,9 +308,24 @@ class Store:
         if raw is None:
             raise CorruptChunkError(f"chunk {digest.hex()[:16]} is referenced but not in the chunk index")
         location = ChunkLocation.decode(raw)
-        data = unseal(digest, self.packs.read(location), location.raw_len, f"pack {location.pack}")
+        try:
+            payload = self.packs.read(location)
+        except PackMissingError:
+            # gc may have moved the chunk to a new pack after this transaction began
+            with self.index.reading() as fresh:
+                raw = fresh.get(digest, db=self.index.db(DB_CHUNKS))
+            if raw is None or ChunkLocation.decode(raw) == location:
+                raise
+            location = ChunkLocation.decode(raw)
+            payload = self.packs.read(location)
+        data = unseal(digest, payload, location.raw_len, f"pack {location.pack}")
         self.chunk_cache.put(digest, data)
         return data
+
+    def flag_damage(self, report: str) -> None:
+        """Leave a note that the store needs `cowfs fsck`, which `cowfs status` shows."""
+        with open(self.path / NEEDS_FSCK, "a", encoding="utf-8") as note:
+            note.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {report}\n")
 
     def sync(self) -> None:
         """Packs first, then the index, so the index never points at bytes a crash could lose."""

@@ -33,6 +33,21 @@ def test_files_survive_cache_drop_byte_for_byte(mnt):
     assert (mnt / "data.bin").stat().st_size == len(payload)
 
 
+def test_rewriting_a_file_shorter_truncates_it(workspace, mnt):
+    (mnt / "f.csv").write_text("a long first version of the file\n" * 100)
+    (mnt / "f.csv").write_text("short\n")
+    with open(mnt / "g", "w") as handle:
+        handle.write("x" * 5000)
+    with open(mnt / "g", "r+") as handle:
+        handle.truncate(10)
+    drop_caches()
+    assert (mnt / "f.csv").read_text() == "short\n"
+    workspace.umount(mnt)
+    mnt = workspace.mount()
+    assert (mnt / "f.csv").read_text() == "short\n"
+    assert (mnt / "g").read_text() == "x" * 10
+
+
 def test_directories_symlinks_hardlinks(mnt):
     (mnt / "a" / "b").mkdir(parents=True)
     (mnt / "a" / "b" / "f").write_text("hi")

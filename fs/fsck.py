@@ -1,0 +1,176 @@
+"""Proving a store is whole: every chunk against its hash, every reference from the index to
+the packs, every version chain and every directory tree of every head and snapshot.
+
+``check`` reports in plain words; ``repair=True`` fixes what can be fixed without guessing:
+index entries rebuilt from packs, corrupt chunks re-pointed at an intact copy, directory
+entries that point at nothing removed from live heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cowfs.fs.chunks import unseal
+from cowfs.fs.errors import CorruptChunkError, StoreError
+from cowfs.fs.keys import DB_BLOCKS, DB_CHUNKS, U32, U64, epoch_of
+from cowfs.fs.packs import scan_pack
+from cowfs.fs.records import ChunkLocation
+from cowfs.fs.store import ROOT_INODE, Store
+from cowfs.fs.tree import Tree
+
+
+@dataclass
+class FsckReport:
+    damage: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    chunks_checked: int = 0
+    trees_checked: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.damage
+
+
+def _pack_copies(store: Store) -> dict[bytes, list[ChunkLocation]]:
+    """Every chunk the pack files hold, intact or not, by digest."""
+    copies: dict[bytes, list[ChunkLocation]] = {}
+    for path in sorted((store.path / "packs").glob("*.pack")):
+        for digest, raw_len, offset, stored_len in scan_pack(path):
+            copies.setdefault(digest, []).append(ChunkLocation(int(path.stem), offset, stored_len, raw_len))
+    return copies
+
+
+def _intact(store: Store, digest: bytes, location: ChunkLocation) -> bool:
+    try:
+        unseal(digest, store.packs.read(location), location.raw_len, f"pack {location.pack}")
+        return True
+    except CorruptChunkError:
+        return False
+
+
+def check_chunks(store: Store, report: FsckReport, repair: bool) -> set[bytes]:
+    """Verify every indexed chunk; returns the digests that cannot be read."""
+    bad: set[bytes] = set()
+    copies: dict[bytes, list[ChunkLocation]] | None = None
+    with store.index.reading() as txn:
+        entries = [(d, ChunkLocation.decode(v)) for d, v in txn.cursor(db=store.index.db(DB_CHUNKS))]
+    for digest, location in entries:
+        report.chunks_checked += 1
+        if _intact(store, digest, location):
+            continue
+        copies = _pack_copies(store) if copies is None else copies
+        spare = next((c for c in copies.get(digest, []) if c != location and _intact(store, digest, c)), None)
+        if spare is not None and repair:
+            store.index.write(lambda txn: txn.put(digest, spare.encode(), db=store.index.db(DB_CHUNKS)))
+            report.repaired.append(f"chunk {digest.hex()[:16]}: re-pointed from pack {location.pack} "
+                                   f"to an intact copy in pack {spare.pack}")
+            continue
+        bad.add(digest)
+        hint = " (an intact copy exists: run with --repair)" if spare else ""
+        report.damage.append(f"chunk {digest.hex()[:16]} in pack {location.pack} at {location.offset} "
+                             f"fails its hash check{hint}")
+    return bad
+
+
+def check_references(store: Store, report: FsckReport, repair: bool, bad: set[bytes]) -> dict[bytes, list]:
+    """Every block record's chunk must be in the index; returns the records that hit bad chunks."""
+    hits: dict[bytes, list] = {}
+    missing: dict[bytes, list] = {}
+    with store.index.reading() as txn:
+        chunks = store.index.db(DB_CHUNKS)
+        for key, value in txn.cursor(db=store.index.db(DB_BLOCKS)):
+            if not value:
+                continue
+            digest = value[1:]
+            where = (U32.unpack_from(key)[0], U64.unpack_from(key, 4)[0], epoch_of(key))
+            if digest in bad:
+                hits.setdefault(digest, []).append(where)
+            elif txn.get(digest, db=chunks) is None:
+                missing.setdefault(digest, []).append(where)
+    if missing:
+        copies = _pack_copies(store)
+        for digest, places in missing.items():
+            spare = next((c for c in copies.get(digest, []) if _intact(store, digest, c)), None)
+            if spare is not None and repair:
+                store.index.write(lambda txn: txn.put(digest, spare.encode(), db=store.index.db(DB_CHUNKS)))
+                report.repaired.append(f"chunk {digest.hex()[:16]}: index entry rebuilt from pack {spare.pack}")
+                continue
+            hits[digest] = places
+            report.damage.append(f"chunk {digest.hex()[:16]} is used by {len(places)} block record(s) but is "
+                                 "not in the index" + (" (found in a pack: run with --repair)" if spare else ""))
+    return hits
+
+
+def check_history(store: Store, report: FsckReport) -> None:
+    with store.index.reading() as txn:
+        branches = {b.id: store.branch(txn, b.id) for b in store.branches()}
+    for branch in branches.values():
+        if branch.parent is None:
+            continue
+        parent = branches.get(branch.parent[0])
+        if parent is None:
+            report.damage.append(f"branch {branch.name} forks from branch {branch.parent[0]}, which is gone")
+        elif branch.parent[1] > parent.head:
+            report.damage.append(f"branch {branch.name} forks from epoch {branch.parent[1]} of {parent.name}, "
+                                 f"beyond its head {parent.head}")
+    for record in store.snapshots():
+        branch = branches.get(record.branch)
+        if branch is None:
+            report.damage.append(f"snapshot {record.name} belongs to branch {record.branch}, which is gone")
+        elif record.epoch > branch.head:
+            report.damage.append(f"snapshot {record.name} is at epoch {record.epoch}, beyond its branch's head")
+
+
+def check_trees(store: Store, report: FsckReport, repair: bool, hits: dict[bytes, list]) -> None:
+    """Walk every head and every snapshot; name the files that lost data."""
+    views: dict[tuple[int, int | None], str] = {}
+    for branch in store.branches():
+        views[(branch.id, None)] = f"branch {branch.name}"
+    for record in store.snapshots():
+        views.setdefault((record.branch, record.epoch), f"snapshot {record.name}")
+    damaged_inodes = {(b, ino) for places in hits.values() for b, ino, _ in places}
+    for (branch_id, epoch), name in views.items():
+        tree = Tree(store, branch_id, epoch)
+        report.trees_checked += 1
+        _walk_checking(tree, ROOT_INODE, b"", name, report, repair and epoch is None, damaged_inodes)
+
+
+def _walk_checking(tree: Tree, ino: int, prefix: bytes, view_name: str, report: FsckReport, repair: bool,
+                   damaged: set[tuple[int, int]]) -> None:
+    subdirs = 0
+    for name, child in tree.listdir(ino):
+        path = prefix + b"/" + name if prefix else name
+        shown = path.decode(errors="replace")
+        try:
+            attrs = tree.getattr(child)
+        except OSError:
+            if repair:
+                tree.store.index.write(lambda txn: tree._set_entry(txn, ino, name, None))
+                report.repaired.append(f"{view_name}: removed the entry {shown}, whose inode {child} was gone")
+            else:
+                report.damage.append(f"{view_name}: {shown} points at inode {child}, which does not exist")
+            continue
+        if any((b, child) in damaged for b, _ in tree.view):
+            report.damage.append(f"{view_name}: {shown} has data in a damaged chunk; reading it gives EIO")
+        if attrs.is_dir:
+            subdirs += 1
+            _walk_checking(tree, child, path, view_name, report, repair, damaged)
+    attrs = tree.getattr(ino)
+    if attrs.nlink != subdirs + 2:
+        report.notes.append(f"{view_name}: directory {prefix.decode(errors='replace') or '/'} counts "
+                            f"{attrs.nlink} links, expected {subdirs + 2}")
+
+
+def check(store: Store, repair: bool = False) -> FsckReport:
+    report = FsckReport()
+    if repair and store.readonly:
+        raise StoreError("open the store writable to repair it")
+    bad = check_chunks(store, report, repair)
+    hits = check_references(store, report, repair, bad)
+    check_history(store, report)
+    check_trees(store, report, repair, hits)
+    if repair:
+        store.sync()
+    return report
+

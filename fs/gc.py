@@ -1,0 +1,211 @@
+"""Garbage collection: drop record versions no snapshot or head can see, then the chunks no
+record refers to, then rewrite packs that are mostly dead. It runs beside live daemons.
+
+Why it is safe while daemons write (docs/write-path.md has the whole argument):
+  * A version unneeded when scanned stays unneeded: new snapshots only freeze a head at or
+    after the scanned one, and nothing older can become visible again.
+  * Chunks: the round number is published before the scan; a commit that deduplicates
+    against an existing chunk during the round records it in ``recent_refs``; the deleting
+    transaction skips those. A commit after the deletion no longer finds the chunk and
+    stores it again.
+  * Packs being appended to are locked by their writer and left alone; a moved chunk's
+    index entry is switched only if it still points at the old place.
+Every change is made in short write transactions, so writers wait milliseconds at most.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import lmdb
+
+from cowfs.fs.chunks import SealedChunk, unseal
+from cowfs.fs.errors import CorruptChunkError
+from cowfs.fs.keys import (DB_BLOCKS, DB_CHUNKS, DB_META, DB_RECENT_REFS, EPOCH_BYTES, U32, U64,
+                           VERSIONED_DBS, epoch_of)
+from cowfs.fs.packs import pack_in_use
+from cowfs.fs.records import ChunkLocation
+from cowfs.fs.store import Store
+
+DELETE_BATCH = 2000
+REWRITE_BELOW_LIVE_RATIO = 0.5
+
+
+@dataclass
+class GcReport:
+    versions_removed: int = 0
+    chunks_removed: int = 0
+    packs_rewritten: int = 0
+    packs_deleted: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def store_bytes(store: Store) -> int:
+    return sum(p.stat().st_size for p in store.path.rglob("*") if p.is_file())
+
+
+def required_epochs(store: Store, txn: lmdb.Transaction) -> tuple[dict[int, set[int]], set[int]]:
+    """Per branch, the epochs someone can read: its head, its snapshots, its children's fork points.
+    Also the branches that are roots (no parent): their oldest tombstones hide nothing."""
+    branches = [store.branch(txn, b.id) for b in store.branches()]
+    required: dict[int, set[int]] = {b.id: {b.head} for b in branches}
+    for record in store.snapshots():
+        required.setdefault(record.branch, set()).add(record.epoch)
+    for branch in branches:
+        if branch.parent is not None:
+            required.setdefault(branch.parent[0], set()).add(branch.parent[1])
+    return required, {b.id for b in branches if b.parent is None}
+
+
+def dead_versions(txn: lmdb.Transaction, db, required: dict[int, set[int]], roots: set[int]):
+    """Keys of record versions that no required epoch sees."""
+    cursor = txn.cursor(db)
+    cursor.first()
+    for name_key, group in groupby(cursor.iternext(), key=lambda kv: kv[0][:-EPOCH_BYTES]):
+        versions = [(epoch_of(k), k, v) for k, v in group]  # newest first
+        branch = U32.unpack_from(name_key)[0]
+        needed: set[bytes] = set()
+        for epoch in required.get(branch, ()):
+            for version_epoch, key, _ in versions:
+                if version_epoch <= epoch:
+                    needed.add(key)
+                    break
+        if branch in roots:
+            for _, key, value in reversed(versions):  # oldest first: tombstones with nothing beneath
+                if key not in needed:
+                    continue
+                if value:
+                    break
+                needed.discard(key)
+        for _, key, _ in versions:
+            if key not in needed:
+                yield key
+
+
+def _delete_keys(store: Store, db, keys: list[bytes]) -> None:
+    for start in range(0, len(keys), DELETE_BATCH):
+        part = keys[start:start + DELETE_BATCH]
+        store.index.write(lambda txn: [txn.delete(key, db=db) for key in part])
+
+
+def collect_versions(store: Store) -> int:
+    removed = 0
+    with store.index.reading() as txn:
+        required, roots = required_epochs(store, txn)
+        dead = {name: list(dead_versions(txn, store.index.db(name), required, roots)) for name in VERSIONED_DBS}
+    for name, keys in dead.items():
+        _delete_keys(store, store.index.db(name), keys)
+        removed += len(keys)
+    return removed
+
+
+def _bump_stat(txn: lmdb.Transaction, meta, name: bytes, delta: int) -> None:
+    raw = txn.get(name, db=meta)
+    txn.put(name, U64.pack(max(0, (U64.unpack(raw)[0] if raw else 0) + delta)), db=meta)
+
+
+def collect_chunks(store: Store) -> int:
+    meta, chunks, refs = (store.index.db(n) for n in (DB_META, DB_CHUNKS, DB_RECENT_REFS))
+
+    def open_round(txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"gc_round_counter", db=meta)
+        number = (U64.unpack(raw)[0] if raw else 0) + 1
+        txn.put(b"gc_round_counter", U64.pack(number), db=meta)
+        txn.put(b"gc_round", U64.pack(number), db=meta)
+        txn.drop(refs, delete=False)
+        return number
+
+    gc_round = store.index.write(open_round)
+    try:
+        with store.index.reading() as txn:
+            referenced = {value[1:] for _, value in txn.cursor(db=store.index.db(DB_BLOCKS)) if value}
+            candidates = [(digest, ChunkLocation.decode(raw)) for digest, raw in txn.cursor(db=chunks)
+                          if digest not in referenced]
+
+        def delete(txn: lmdb.Transaction) -> int:
+            removed = 0
+            for digest, location in candidates:
+                raw = txn.get(digest, db=refs)
+                if raw is not None and U64.unpack(raw)[0] == gc_round:
+                    continue  # re-used by a commit while we scanned
+                if txn.delete(digest, db=chunks):
+                    removed += 1
+                    _bump_stat(txn, meta, b"chunk_count", -1)
+                    _bump_stat(txn, meta, b"chunk_raw_bytes", -location.raw_len)
+                    _bump_stat(txn, meta, b"chunk_stored_bytes", -location.stored_len)
+            return removed
+
+        return store.index.write(delete)
+    finally:
+        def close_round(txn: lmdb.Transaction) -> None:
+            txn.put(b"gc_round", U64.pack(0), db=meta)
+            txn.drop(refs, delete=False)
+
+        store.index.write(close_round)
+
+
+def rewrite_packs(store: Store, report: GcReport) -> None:
+    chunks = store.index.db(DB_CHUNKS)
+    live: dict[int, list[tuple[bytes, ChunkLocation]]] = defaultdict(list)
+    with store.index.reading() as txn:
+        for digest, raw in txn.cursor(db=chunks):
+            location = ChunkLocation.decode(raw)
+            live[location.pack].append((digest, location))
+    store.close_pack()  # our own pack too may be rewritten; moved chunks go to a fresh one
+    for path in sorted((store.path / "packs").glob("*.pack")):
+        pack_id = int(path.stem)
+        if pack_in_use(path):
+            continue
+        entries = live.get(pack_id, [])
+        live_bytes = sum(loc.stored_len for _, loc in entries)
+        if entries and live_bytes >= REWRITE_BELOW_LIVE_RATIO * path.stat().st_size:
+            continue
+        if entries and not _move_chunks(store, entries, report):
+            continue
+        path.unlink()
+        store.packs.forget(pack_id)
+        report.packs_deleted += 1
+
+
+def _move_chunks(store: Store, entries: list[tuple[bytes, ChunkLocation]], report: GcReport) -> bool:
+    moved: list[tuple[bytes, ChunkLocation, SealedChunk]] = []
+    for digest, location in entries:
+        payload = store.packs.read(location)
+        try:
+            unseal(digest, payload, location.raw_len, f"pack {location.pack}")
+        except CorruptChunkError as exc:
+            report.problems.append(f"{exc}; pack {location.pack} kept for `cowfs fsck`")
+            return False
+        moved.append((digest, location, SealedChunk(digest, payload, location.raw_len)))
+
+    def switch(txn: lmdb.Transaction) -> None:
+        writer = store.pack_writer(txn)
+        chunks = store.index.db(DB_CHUNKS)
+        for digest, old, chunk in moved:
+            new = writer.append(chunk)
+            raw = txn.get(digest, db=chunks)
+            if raw is not None and ChunkLocation.decode(raw) == old:
+                txn.put(digest, new.encode(), db=chunks)
+
+    store.index.write(switch)
+    store.sync()
+    store.close_pack()
+    report.packs_rewritten += 1
+    return True
+
+
+def collect_garbage(store: Store) -> GcReport:
+    report = GcReport(bytes_before=store_bytes(store))
+    report.versions_removed = collect_versions(store)
+    report.chunks_removed = collect_chunks(store)
+    rewrite_packs(store, report)
+    store.sync()
+    report.bytes_after = store_bytes(store)
+    return report
+
+
+__all__ = ["GcReport", "collect_garbage"]

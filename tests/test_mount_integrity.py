@@ -1,0 +1,249 @@
+"""Never lose a byte: crashes, corruption, retention with live mounts, hostile input."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import drop_caches, needs_fuse
+from cowfs.daemon.addresses import control_socket_path
+from cowfs.fs.packs import scan_pack
+from cowfs.fs.store import Store
+from cowfs.fs.tree import Tree
+
+pytestmark = needs_fuse
+
+WRITER = r'''
+import hashlib, json, os, random, socket, sys
+mnt, log_path, seed, sock_path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+rng = random.Random(seed)
+written = []
+with open(log_path, "a") as log:
+    for i in range(100000):
+        name = f"w{seed}_{i}"
+        data = rng.randbytes(rng.randrange(1, 400000))
+        try:
+            fd = os.open(os.path.join(mnt, name), os.O_CREAT | os.O_WRONLY | os.O_TRUNC)
+            os.write(fd, data)
+            os.fsync(fd)
+            os.close(fd)
+            written.append(name)
+            log.write(json.dumps({"file": name, "sha": hashlib.sha256(data).hexdigest()}) + "\n")
+            log.flush()
+            if i % 7 == 6:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(sock_path)
+                    s.sendall(json.dumps({"op": "snapshot", "wait": True}).encode() + b"\n")
+                    reply = json.loads(s.makefile().readline())
+                if reply.get("ok") and reply["snapshot"]["durable"]:
+                    log.write(json.dumps({"snap": reply["snapshot"]["id"], "files": list(written)}) + "\n")
+                    log.flush()
+        except (OSError, ValueError):
+            break
+'''
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_kill_9_at_random_points_loses_nothing_acknowledged(workspace, tmp_path):
+    rng = random.Random(1234)
+    log_path = tmp_path / "acknowledged.jsonl"
+    mnt = workspace.mount()
+    kill_points = 8
+    for round_number in range(kill_points):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(mnt), str(log_path), str(round_number),
+                                   str(control_socket_path(mnt))])
+        gc = None
+        if round_number % 2:
+            gc = subprocess.Popen([sys.executable, "-m", "cowfs.cli.main", "gc"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, env={**os.environ, "COWFS_STORE": str(workspace.store)})
+        time.sleep(rng.uniform(0.2, 1.5))
+        os.kill(workspace.daemon_pid(mnt), signal.SIGKILL)
+        if gc is not None:
+            gc.kill()
+            gc.wait()
+        writer.wait(timeout=60)
+        workspace.cli("mount", str(mnt))  # clears the stale mount, new daemon
+    entries = [json.loads(line) for line in log_path.read_text().splitlines()]
+    files = {e["file"]: e["sha"] for e in entries if "file" in e}
+    snaps = [e for e in entries if "snap" in e]
+    assert len(files) > kill_points and snaps, "the workload must have acknowledged writes and snapshots"
+    drop_caches()
+    for name, digest in files.items():
+        assert sha((mnt / name).read_bytes()) == digest, name
+    store = Store.open(workspace.store, readonly=True)
+    try:
+        for entry in snaps:
+            tree = Tree.at_snapshot(store, store.resolve_snapshot(entry["snap"]))
+            for name in entry["files"]:
+                ino, attrs = tree.resolve(name.encode())
+                assert sha(tree.read(ino, 0, attrs.size)) == files[name]
+    finally:
+        store.close()
+    assert workspace.cli("fsck").returncode == 0
+
+
+def corrupt_first_chunk(store_path: Path) -> None:
+    pack = sorted((store_path / "packs").glob("*.pack"))[0]
+    _, _, offset, length = next(scan_pack(pack))
+    with open(pack, "r+b") as handle:
+        handle.seek(offset + length // 2)
+        byte = handle.read(1)
+        handle.seek(offset + length // 2)
+        handle.write(bytes([byte[0] ^ 0x55]))
+
+
+def test_corrupt_chunk_is_eio_and_a_report_the_rest_keeps_working(workspace):
+    mnt = workspace.mount()
+    (mnt / "victim").write_bytes(os.urandom(300000))
+    workspace.snap(mnt, "s", wait=True)
+    workspace.umount(mnt)
+    corrupt_first_chunk(workspace.store)
+    mnt = workspace.mount()
+    (mnt / "fine").write_text("still works")
+    drop_caches()
+    with pytest.raises(OSError) as raised:
+        (mnt / "victim").read_bytes()
+    assert raised.value.errno == errno.EIO
+    assert (mnt / "fine").read_text() == "still works"
+    log = (workspace.store / "logs" / "main.log").read_text()
+    assert "victim" in log and "fails its hash check" in log
+    assert json.loads(workspace.cli("status", "--json").stdout)["needs_fsck"] is True
+    fsck = workspace.cli("fsck", check=False)
+    assert fsck.returncode == 1 and "victim has data in a damaged chunk" in fsck.stdout
+
+
+def test_prune_and_gc_while_mounted_keep_every_kept_snapshot(workspace):
+    mnt = workspace.mount()
+    history = {}
+    for version in range(40):
+        (mnt / "table.csv").write_bytes(os.urandom(64 << 10) + b"%d" % version)
+        (mnt / f"note{version % 5}").write_text(f"v{version}")
+        snap = workspace.snap(mnt, f"v{version}", wait=True)
+        history[snap["id"]] = (mnt / "table.csv").read_bytes()
+    pinned = next(iter(history))
+    workspace.cli("pin", pinned)
+    before = json.loads(workspace.cli("status", "--json").stdout)["chunk_stored_bytes"]
+    pruned = json.loads(workspace.cli("prune", "--keep-last", "5", "--json").stdout)
+    assert len(pruned["removed"]) == 34 and pinned in pruned["kept"]
+    (mnt / "during-gc").write_bytes(b"x" * 100000)  # the mount stays live throughout
+    gc = json.loads(workspace.cli("gc", "--json").stdout)
+    assert gc["chunks_removed"] >= 30
+    after = json.loads(workspace.cli("status", "--json").stdout)["chunk_stored_bytes"]
+    assert after < before / 4
+    for snap_id in pruned["kept"]:
+        back = workspace.mount(snap_id, name=f"back{snap_id[1:]}")
+        assert (back / "table.csv").read_bytes() == history[snap_id]
+        workspace.umount(back)
+    assert (mnt / "during-gc").read_bytes() == b"x" * 100000
+    assert workspace.cli("fsck").returncode == 0
+    rm_pinned = workspace.cli("rm", pinned, check=False)
+    assert rm_pinned.returncode == 1 and "pinned" in rm_pinned.stderr
+
+
+def test_malformed_control_requests_change_nothing(workspace):
+    mnt = workspace.mount()
+    (mnt / "keep").write_bytes(b"precious")
+    sock_path = str(control_socket_path(mnt))
+    rng = random.Random(7)
+    payloads = [b"\n", b"{}\n", b"[]\n", b"null\n", b'{"op": 5}\n', b'{"op": "rm -rf /"}\n',
+                b'{"op": "snapshot", "label": {"x": 1}}\n', b'{"op": "snapshot", "label": "a\\nb"}\n',
+                b'{"op": "snapshot", "meta": [1]}\n', b"\xff\xfe\x00garbage\n", b'{"op": "snapshot", "label": "'
+                + b"x" * 5000 + b'"}\n']
+    payloads += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))) + b"\n" for _ in range(100)]
+    for payload in payloads:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(10)
+            conn.connect(sock_path)
+            conn.sendall(payload)
+            reply = conn.makefile("rb").readline()
+            assert reply == b"" or json.loads(reply)["ok"] is False
+    assert (mnt / "keep").read_bytes() == b"precious"
+    assert workspace.snap(mnt, "after fuzz")["id"].startswith("@")
+    assert json.loads(workspace.cli("log", "--json").stdout)[0]["label"] == "after fuzz"
+
+
+def test_other_users_cannot_reach_the_daemon_or_the_mount(workspace):
+    mnt = workspace.mount()
+    (mnt / "secret").write_text("mine")
+    probe = r'''
+import os, socket, sys
+os.setgid(65534); os.setuid(65534)
+results = []
+try:
+    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); results.append("socket-open")
+except OSError as e:
+    results.append(f"socket-{e.errno}")
+try:
+    open(sys.argv[2]).read(); results.append("mount-open")
+except OSError as e:
+    results.append(f"mount-{e.errno}")
+print(",".join(results))
+'''
+    out = subprocess.run([sys.executable, "-c", probe, str(control_socket_path(mnt)), str(mnt / "secret")],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == f"socket-{errno.EACCES},mount-{errno.EACCES}"
+
+
+def test_disk_full_fails_writes_and_recovers(tmp_path):
+    """The store on a small filesystem: ENOSPC reaches the writer, nothing is corrupted, and
+    everything works again once space returns."""
+    from conftest import Workspace
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(small)], check=True)
+    ws = Workspace(tmp_path, small / "store")
+    try:
+        ws.cli("init")
+        mnt = ws.mount()
+        (mnt / "before").write_bytes(b"safe" * 1000)
+        ws.snap(mnt, "safe", wait=True)
+        filler = small / "filler"
+        with open(filler, "wb") as handle:
+            try:
+                while True:
+                    handle.write(b"\0" * (1 << 20))
+            except OSError:
+                pass
+        failure = None
+        try:
+            with open(mnt / "big", "wb") as handle:
+                handle.write(os.urandom(8 << 20))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            failure = exc
+        assert failure is not None and failure.errno == errno.ENOSPC, (small / "store" / "logs" / "main.log").read_text()
+        assert (mnt / "before").read_bytes() == b"safe" * 1000
+        filler.unlink()
+        with open(mnt / "big", "wb") as handle:
+            handle.write(b"y" * (4 << 20))
+            handle.flush()
+            os.fsync(handle.fileno())
+        ws.umount(mnt)
+        mnt = ws.mount()
+        assert (mnt / "big").read_bytes() == b"y" * (4 << 20)
+        assert ws.cli("fsck").returncode == 0
+    finally:
+        for mountpoint in list(ws.mounts):
+            try:
+                ws.umount(mountpoint)
+            except Exception:
+                from conftest import force_unmount
+
+                force_unmount(mountpoint)
+        subprocess.run(["umount", "-l", str(small)], check=False)
