@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from cowfs.cli.client import request  # noqa: E402
+from cowfs.cli.client import snapshot  # noqa: E402
 from cowfs.fs.store import Store  # noqa: E402
 
 TARGETS = ("native", "passthrough", "cowfs")
@@ -195,11 +195,11 @@ def snapshot_latency(scratch: Path, file_counts: list[int], samples: int) -> dic
                     else:
                         (mnt / "tick").write_bytes(os.urandom(16))
                     started = time.perf_counter()
-                    request(mnt, {"op": "snapshot", "label": "bench"})
+                    snapshot(mnt, "bench")
                     times.append((time.perf_counter() - started) * 1000)
                 times.sort()
                 durable = time.perf_counter()
-                request(mnt, {"op": "snapshot", "label": "bench-durable", "wait": True})
+                snapshot(mnt, "bench-durable", wait=True)
                 durable_ms = (time.perf_counter() - durable) * 1000
                 out[f"{count} files, {written_mb} MiB written"] = {
                     "p50 ms": statistics.median(times), "p99 ms": times[min(len(times) - 1, int(len(times) * 0.99))],
@@ -218,12 +218,12 @@ def space_after_change(scratch: Path, workspace_mb: int) -> dict[str, float]:
     with target("cowfs", scratch) as mnt:
         for i in range(workspace_mb // 64):
             (mnt / f"part{i}.bin").write_bytes(os.urandom(64 << 20))
-        request(mnt, {"op": "snapshot", "label": "base", "wait": True})
+        snapshot(mnt, "base", wait=True)
         with open(mnt / "part0.bin", "r+b") as handle:
             handle.seek(10 << 20)
             handle.write(os.urandom(1 << 20))
-        record = request(mnt, {"op": "snapshot", "label": "after", "wait": True})["snapshot"]
-        empty = request(mnt, {"op": "snapshot", "label": "empty", "wait": True})["snapshot"]
+        record = snapshot(mnt, "after", wait=True)
+        empty = snapshot(mnt, "empty", wait=True)
         store = Store.open(mnt.parent / "store", readonly=True)
         index_bytes = (mnt.parent / "store" / "index.lmdb" / "data.mdb").stat().st_size
         store.close()

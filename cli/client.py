@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import socket
@@ -40,6 +41,31 @@ def request(mountpoint: str | Path, payload: dict, timeout: float = 120.0) -> di
     if not reply.get("ok"):
         raise DaemonError(reply.get("error") or "the daemon refused the request")
     return reply
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sync_mount(mountpoint: str | Path) -> None:
+    """syncfs(2): make the kernel hand every page written so far to the daemon.
+
+    With the writeback cache a returned write() may still sit in the kernel; a snapshot must
+    include it (invariant 2), and only a process other than the daemon may ask for this."""
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise DaemonError(f"cannot sync {mountpoint}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+def snapshot(mountpoint: str | Path, label: str = "", meta: dict | None = None, wait: bool = False,
+             timeout: float = 120.0) -> dict:
+    """Take a snapshot of a mount: everything written before this call is in it."""
+    sync_mount(mountpoint)
+    return request(mountpoint, {"op": "snapshot", "label": label, "meta": meta or {}, "wait": wait},
+                   timeout=timeout)["snapshot"]
 
 
 def mount_for(path: str | Path) -> MountEntry:

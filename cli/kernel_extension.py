@@ -21,7 +21,7 @@ from typing import Any
 
 import blake3
 
-from cowfs.cli.client import DaemonError, mount_for, request
+from cowfs.cli.client import DaemonError, mount_for, request, snapshot
 from cowfs.cli.variables import NamespaceSaver, RestoreError, load_namespace
 from cowfs.fs.errors import StoreError
 from cowfs.fs.store import Store
@@ -121,8 +121,7 @@ class CellSnapshots:
             entry = mount_for(os.getcwd())
             if save_vars:
                 self.saver.save(Path(entry.mountpoint))
-            request(entry.mountpoint, {"op": "snapshot", "label": label[:200], "meta": meta},
-                    timeout=SNAPSHOT_TIMEOUT)
+            snapshot(entry.mountpoint, label[:200], meta, timeout=SNAPSHOT_TIMEOUT)
         except (DaemonError, OSError) as exc:
             self._warn(exc)
             return

@@ -60,8 +60,29 @@ def is_mounted(mountpoint: Path) -> bool:
     return any(entry.mountpoint == str(mountpoint) for entry in mounts())
 
 
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+
+def abort_connection(mountpoint: Path) -> None:
+    """Abort the FUSE connection of a mount whose daemon is dead or wedged.
+
+    A daemon killed while one of its own threads waited on its mount lingers as a zombie that
+    holds the connection open; aborting fails every pending request, so it can finally exit."""
+    entry = next((e for e in mounts() if e.mountpoint == str(mountpoint)), None)
+    if entry is None or not entry.fstype.startswith("fuse"):
+        return
+    if not (FUSECTL / "abort").parent.is_dir() or not any(FUSECTL.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(FUSECTL)], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        (FUSECTL / entry.device.split(":")[1] / "abort").write_text("1")
+    except OSError:
+        pass  # not root, or no fusectl: the lazy unmount below still detaches it
+
+
 def detach_stale(mountpoint: Path) -> None:
     """A mount whose daemon died answers every call with ENOTCONN; a lazy unmount clears it."""
+    abort_connection(mountpoint)
     subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if is_mounted(mountpoint):

@@ -12,6 +12,7 @@ import click
 
 from cowfs.cli import launcher
 from cowfs.cli.client import DaemonError, mount_for, request
+from cowfs.cli.client import snapshot as take_snapshot
 from cowfs.cli.output import emit_json, human_size, human_time, table
 from cowfs.daemon.addresses import cowfs_mounts
 from cowfs.fs.diff import diff_trees
@@ -154,12 +155,11 @@ def umount(mountpoint: Path) -> None:
 @click.argument("path", required=False, default=".")
 def snap(label: str, wait: bool, as_json: bool, path: str) -> None:
     """Take a snapshot of the mount holding PATH (default: the working directory)."""
-    entry = mount_for(path)
-    reply = request(entry.mountpoint, {"op": "snapshot", "label": label, "wait": wait})
+    record = take_snapshot(mount_for(path).mountpoint, label, wait=wait)
     if as_json:
-        emit_json(reply["snapshot"])
+        emit_json(record)
     else:
-        click.echo(reply["snapshot"]["id"])
+        click.echo(record["id"])
 
 
 def _branch_names(store: Store) -> dict[int, str]:

@@ -66,6 +66,12 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Worker threads hash and compress with the GIL released, but need it back between blocks;
+    # a shorter switch interval stops them queueing behind the FUSE thread (2x on bench/run.py A).
+    sys.setswitchinterval(0.001)
+
+
+
     mountpoint = Path(os.path.realpath(args.mountpoint))
     ready_fd = args.ready_fd
     try:

@@ -13,7 +13,8 @@ import math
 
 import trio
 
-from cowfs.fs.tree import Batch, Tree, seal_batch
+from cowfs.fs.store import Store
+from cowfs.fs.tree import Batch, SealedBlocks, Tree, seal_blocks
 
 log = logging.getLogger(__name__)
 
@@ -22,25 +23,22 @@ INFLIGHT_LIMIT_BYTES = 256 << 20  # writers wait while this much is being flushe
 SEAL_SPLIT_MIN_BLOCKS = 8
 
 
-async def seal_in_threads(batch: Batch) -> dict:
-    """Seal a batch's blocks in two worker threads (blake3 and zstd release the GIL)."""
+async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
+    """Seal a batch in two worker threads: blake3, zstd and the pack writes all release the GIL."""
+    store.ensure_pack_writer()
     items = list(batch.blocks.items())
     if len(items) < SEAL_SPLIT_MIN_BLOCKS:
-        return await trio.to_thread.run_sync(seal_batch, batch)
+        return await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
     half = math.ceil(len(items) / 2)
-    parts: list[dict] = []
+    parts: list[SealedBlocks] = []
 
     async def seal_part(part: list) -> None:
-        sub = Batch(batch.epoch, dict(part), {})
-        parts.append(await trio.to_thread.run_sync(seal_batch, sub))
+        parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part)))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(seal_part, items[:half])
         nursery.start_soon(seal_part, items[half:])
-    sealed: dict = {}
-    for part in parts:
-        sealed.update(part)
-    return sealed
+    return parts[0].merge(parts[1])
 
 
 class Flusher:
@@ -118,7 +116,7 @@ class Flusher:
         delay = 0.5
         while True:
             try:
-                sealed = await seal_in_threads(batch)
+                sealed = await seal_in_threads(self.tree.store, batch)
                 self.tree.commit_batch(batch, sealed)
                 if batch.snapshot_id is not None:
                     await trio.to_thread.run_sync(self.tree.store.sync)

@@ -64,11 +64,15 @@ class Daemon:
     async def push_kernel_pages(self) -> None:
         """With the writeback cache, returned writes may still sit in the kernel: fetch them.
 
-        syncfs makes the kernel send them to us, so it must run off the trio thread."""
-        await trio.to_thread.run_sync(pyfuse3.syncfs, str(self.mountpoint))
+        syncfs makes the kernel send them to us. No thread of this process may make that call
+        (or any call on our own mount): if the daemon were killed meanwhile, that thread would
+        wait forever for an answer only this process could give, keeping the connection and
+        the process alive as a zombie. A child process can be killed with it; socket clients
+        do the syncfs themselves before asking for a snapshot."""
+        await trio.run_process(["sync", "-f", str(self.mountpoint)], check=False)
 
     async def snapshot(self, label: str, meta: dict, wait: bool):
-        await self.push_kernel_pages()
+        """Snapshot what has reached the daemon; the requester has synced the mount first."""
         record, batch = self.tree.snapshot(label, meta)
         if batch is None:  # nothing changed: shares the previous snapshot's epoch
             if wait:
@@ -94,15 +98,24 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
             async for signum in signals:
                 if signum == signal.SIGUSR1:
+                    await self.push_kernel_pages()
                     await self.snapshot("", {"trigger": "SIGUSR1"}, wait=False)
                 else:
                     log.info("signal %d: stopping", signum)
                     self.stop_requested.set()
 
     async def stop_when_asked(self) -> None:
+        """Unmount through the kernel while still serving, so dirty pages reach us first; the
+        FUSE loop then ends by itself and ``main`` flushes. A busy mount is detached lazily
+        and served until its last user lets go."""
         await self.stop_requested.wait()
-        await self.push_kernel_pages()
         await self.flusher.flush(durable=True)
+        for command in (["fusermount3", "-u", str(self.mountpoint)],
+                        ["fusermount3", "-u", "-z", str(self.mountpoint)]):
+            result = await trio.run_process(command, check=False, capture_stderr=True)
+            if result.returncode == 0:
+                return
+            log.warning("%s: %s", " ".join(command), result.stderr.decode(errors="replace").strip())
         pyfuse3.terminate()
 
     async def run(self, ready_fd: int | None) -> None:

@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import struct
+import threading
 from pathlib import Path
 
 from cowfs.fs.chunks import HASH_LEN, SealedChunk
@@ -55,8 +56,13 @@ class PackWriter:
         fcntl.flock(self._fd, fcntl.LOCK_SH)
         self.size = os.fstat(self._fd).st_size
         self._unsynced = False
+        self._lock = threading.Lock()  # the flusher's worker threads append side by side
 
     def append(self, chunk: SealedChunk) -> ChunkLocation:
+        with self._lock:
+            return self._append(chunk)
+
+    def _append(self, chunk: SealedChunk) -> ChunkLocation:
         header = HEADER.pack(MAGIC, chunk.digest, chunk.raw_len, len(chunk.payload))
         try:
             written = os.writev(self._fd, [header, chunk.payload])

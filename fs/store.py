@@ -276,11 +276,33 @@ class Store:
             self._writer.close()
             self._writer = None
 
-    def add_chunks(self, txn: lmdb.Transaction, sealed: Iterable[SealedChunk]) -> int:
-        """Store the chunks not stored yet; returns the compressed bytes this added."""
+    def ensure_pack_writer(self) -> None:
+        """Open (or rotate) this process's pack before worker threads append to it."""
+        if self._writer is None or self._writer.full:
+            self.index.write(self.pack_writer)
+
+    def write_chunks(self, sealed: Iterable[SealedChunk]) -> dict[bytes, ChunkLocation]:
+        """Append the chunks the index does not know yet; safe in a worker thread.
+
+        Only the transaction that indexes them makes them part of the store; until then
+        they are unreferenced bytes (a crash leaves them for gc)."""
+        assert self._writer is not None, "call ensure_pack_writer first"
+        chunks_db = self.index.db(DB_CHUNKS)
+        locations: dict[bytes, ChunkLocation] = {}
+        with self.index.reading() as txn:
+            new = [c for c in sealed if txn.get(c.digest, db=chunks_db) is None]
+        for chunk in new:
+            if chunk.digest not in locations:
+                locations[chunk.digest] = self._writer.append(chunk)
+        return locations
+
+    def add_chunks(self, txn: lmdb.Transaction, sealed: Iterable[SealedChunk],
+                   written: dict[bytes, ChunkLocation] | None = None) -> int:
+        """Index the chunks not indexed yet (appending those no worker wrote); returns the
+        compressed bytes this added."""
         chunks, meta = self.index.db(DB_CHUNKS), self.index.db(DB_META)
         recent_refs = self.index.db(DB_RECENT_REFS)
-        writer = self.pack_writer(txn)
+        written = written or {}
         added_stored = added_raw = added_count = logical = 0
         gc_round = _get_u64(txn, meta, b"gc_round")
         for chunk in sealed:
@@ -289,7 +311,7 @@ class Store:
                 if gc_round:  # a collection may be deciding this chunk's fate: tell it
                     txn.put(chunk.digest, U64.pack(gc_round), db=recent_refs)
                 continue
-            location = writer.append(chunk)
+            location = written.get(chunk.digest) or self.pack_writer(txn).append(chunk)
             txn.put(chunk.digest, location.encode(), db=chunks)
             added_stored += location.stored_len
             added_raw += chunk.raw_len

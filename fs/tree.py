@@ -6,15 +6,16 @@ thread, so each one is atomic with respect to the others without any lock.
 
 File data is cut into fixed blocks of ``BLOCK_SIZE`` bytes. Writes land in dirty block
 buffers in memory; ``take_batch`` detaches them (with the attributes of the inodes they
-change) as a ``Batch`` tagged with the epoch they belong to, ``seal_batch`` hashes and
-compresses it (pure CPU work, safe in a thread), and ``commit_batch`` stores chunks and
-records in one LMDB transaction. docs/write-path.md states the rules that keep reads,
+change) as a ``Batch`` tagged with the epoch they belong to, ``seal_blocks`` hashes and
+compresses it and appends new chunks to a pack (safe in a thread), and ``commit_batch``
+indexes the chunks and writes the records in one LMDB transaction. docs/write-path.md states the rules that keep reads,
 metadata changes and snapshots correct while a batch is in flight.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import stat
 import time
 from dataclasses import dataclass, field, replace
@@ -23,11 +24,11 @@ from typing import Iterator
 import lmdb
 
 from cowfs.fs import versions
-from cowfs.fs.chunks import SealedChunk, seal
+from cowfs.fs.chunks import SealedChunk, digest_of, seal
 from cowfs.fs.errors import FsError
 from cowfs.fs.keys import (DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_XATTRS, U64, block_name, entry_name,
                            name_of_entry)
-from cowfs.fs.records import InodeAttrs, SnapshotRecord
+from cowfs.fs.records import ChunkLocation, InodeAttrs, SnapshotRecord
 from cowfs.fs.store import ROOT_INODE, Store
 
 BLOCK_SIZE = 128 * 1024
@@ -46,24 +47,50 @@ class Batch:
     attrs: dict[int, InodeAttrs]
     snapshot_id: int | None = None
     inodes: set[int] = field(default_factory=set)
+    _nbytes: int | None = None
 
     def __post_init__(self) -> None:
         self.inodes = {ino for ino, _ in self.blocks} | set(self.attrs)
 
     @property
     def nbytes(self) -> int:
-        return sum(len(buf) for buf in self.blocks.values())
+        """Bytes held; fixed once taken (the flusher's back-pressure counts it often)."""
+        if self._nbytes is None:
+            self._nbytes = sum(len(buf) for buf in self.blocks.values())
+        return self._nbytes
 
 
-def seal_batch(batch: Batch) -> dict[BlockKey, SealedChunk | None]:
-    """Hash and compress every block of a batch; all-zero blocks become holes (None)."""
-    return {key: seal_block(buf) for key, buf in batch.blocks.items()}
+@dataclass
+class SealedBlocks:
+    """Blocks hashed and compressed, and the new chunks already appended to a pack."""
+
+    chunks: dict[BlockKey, SealedChunk | None]
+    written: dict[bytes, ChunkLocation]
+
+    def merge(self, other: "SealedBlocks") -> "SealedBlocks":
+        return SealedBlocks(self.chunks | other.chunks, self.written | other.written)
+
+
+def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray]) -> SealedBlocks:
+    """Hash, compress and append to the pack: the CPU and I/O of a flush, safe in a thread
+    (the caller has called ``store.ensure_pack_writer()``). All-zero blocks become holes."""
+    chunks = {key: seal_block(buf) for key, buf in blocks.items()}
+    return SealedBlocks(chunks, store.write_chunks(c for c in chunks.values() if c is not None))
 
 
 def seal_block(buf: bytearray) -> SealedChunk | None:
-    if buf.count(0) == len(buf):
+    """A chunk for the block, or None for a block of zeros (stored as a hole).
+
+    Zeros are recognised by their hash, which sealing computes anyway: no extra pass."""
+    digest = digest_of(buf)
+    if digest == zero_digest(len(buf)):
         return None
-    return seal(bytes(buf))
+    return seal(buf, digest)
+
+
+@functools.lru_cache(maxsize=64)
+def zero_digest(length: int) -> bytes:
+    return digest_of(bytes(length))
 
 
 def _now() -> int:
@@ -499,7 +526,12 @@ class Tree:
         self.inflight.append(batch)
         return batch
 
-    def commit_batch(self, batch: Batch, sealed: dict[BlockKey, SealedChunk | None]) -> int:
+    def seal(self, batch: Batch) -> SealedBlocks:
+        """``seal_blocks`` for a whole batch, in this thread."""
+        self.store.ensure_pack_writer()
+        return seal_blocks(self.store, batch.blocks)
+
+    def commit_batch(self, batch: Batch, sealed: SealedBlocks) -> int:
         """Store a sealed batch at its own epoch; returns the compressed bytes it added.
 
         Batches must commit in the order they were taken (the daemon has one flusher)."""
@@ -507,8 +539,8 @@ class Tree:
         store = self.store
 
         def change(txn: lmdb.Transaction) -> int:
-            added = store.add_chunks(txn, (chunk for chunk in sealed.values() if chunk is not None))
-            for (ino, index), chunk in sealed.items():
+            added = store.add_chunks(txn, (c for c in sealed.chunks.values() if c is not None), sealed.written)
+            for (ino, index), chunk in sealed.chunks.items():
                 versions.put(txn, self._db_blocks, self.branch_id, batch.epoch, ino, block_name(index),
                              None if chunk is None else chunk.digest)
             for ino, attrs in batch.attrs.items():
@@ -537,10 +569,10 @@ class Tree:
         added = 0
         while self.inflight:
             batch = self.inflight[0]
-            added += self.commit_batch(batch, seal_batch(batch))
+            added += self.commit_batch(batch, self.seal(batch))
         batch = self.take_batch()
         if batch is not None:
-            added += self.commit_batch(batch, seal_batch(batch))
+            added += self.commit_batch(batch, self.seal(batch))
         return added
 
     def snapshot(self, label: str = "", meta: dict | None = None) -> tuple[SnapshotRecord, Batch | None]:

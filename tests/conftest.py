@@ -84,7 +84,9 @@ def force_unmount(mountpoint: Path) -> None:
         os.kill(pid, signal.SIGKILL)
     except Exception:
         pass
-    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+    from cowfs.cli.launcher import detach_stale
+
+    detach_stale(mountpoint)
 
 
 @pytest.fixture

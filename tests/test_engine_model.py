@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
 from cowfs.fs.store import ROOT_INODE, Store
-from cowfs.fs.tree import BLOCK_SIZE, Tree, seal_batch
+from cowfs.fs.tree import BLOCK_SIZE, Tree
 
 NAMES = st.sampled_from([b"a", b"b", b"c", b"d.csv", b"model.pkl"])
 OFFSETS = st.integers(min_value=0, max_value=3 * BLOCK_SIZE)
@@ -98,7 +98,7 @@ class WorkspaceModel(RuleBasedStateMachine):
         """Commit one batch while newer dirty data stays in memory (the daemon's interleaving)."""
         if self.tree.inflight:
             batch = self.tree.inflight[0]
-            self.tree.commit_batch(batch, seal_batch(batch))
+            self.tree.commit_batch(batch, self.tree.seal(batch))
         elif self.tree.take_batch() is not None:
             pass  # left in flight, as while the flusher seals it
 
@@ -112,7 +112,7 @@ class WorkspaceModel(RuleBasedStateMachine):
     def _settle(self) -> None:
         while self.tree.inflight:
             batch = self.tree.inflight[0]
-            self.tree.commit_batch(batch, seal_batch(batch))
+            self.tree.commit_batch(batch, self.tree.seal(batch))
 
     @invariant()
     def live_tree_matches_model(self) -> None:
