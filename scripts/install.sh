@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything cowfs and its tests need on a fresh Debian/Ubuntu machine (as root or via sudo):
-# the FUSE 3 packages, the tools the tests drive (git, sqlite3), and a virtualenv in .venv with
+# the FUSE 3 packages, the tools the tests drive (git, sqlite3, fio, stress-ng), and a virtualenv in .venv with
 # cowfs installed in it. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(fuse3 libfuse3-dev pkg-config git sqlite3 gcc)
+packages=(fuse3 libfuse3-dev pkg-config git sqlite3 gcc fio stress-ng)
 python_ok=true
 python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null || python_ok=false
 if [ "$python_ok" = false ]; then packages+=(python3 python3-venv python3-dev); fi
