@@ -107,7 +107,6 @@ class CowOperations(pyfuse3.Operations):
         except OSError:
             return
         if attrs.nlink == 0:
-            await self.flusher.wait_inode_settled(ino)
             self.tree.delete_inode(ino)
 
     # -- lookups and attributes ---------------------------------------------------------------------
@@ -131,8 +130,6 @@ class CowOperations(pyfuse3.Operations):
     @translate_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if fields.update_size:
-            await self.flusher.wait_inode_settled(inode)
         attrs = self.tree.setattr(
             inode,
             mode=attr.st_mode if fields.update_mode else None,
@@ -208,7 +205,6 @@ class CowOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if flags & os.O_TRUNC and attrs.size:
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do, here.
-            await self.flusher.wait_inode_settled(inode)
             self.tree.setattr(inode, size=0)
         # Nothing but this daemon changes the tree, so cached pages stay valid across opens.
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)

@@ -80,7 +80,7 @@ class Daemon:
                 record = replace(record, durable=True)
             return record
         sequence = self.flusher.submit(batch)
-        log.info("snapshot %s of branch %s at epoch %d%s", record.name, self.branch.name, record.epoch,
+        log.debug("snapshot %s of branch %s at epoch %d%s", record.name, self.branch.name, record.epoch,
                  f" ({label})" if label else "")
         if wait:
             await self.flusher.wait_committed(sequence)

@@ -47,7 +47,12 @@ class Batch:
     attrs: dict[int, InodeAttrs]
     snapshot_id: int | None = None
     inodes: set[int] = field(default_factory=set)
+    # Truncation and deletion at the head never wait for a batch in flight; they mark it:
+    dropped: set[BlockKey] = field(default_factory=set)  # same epoch: neither committed nor read
+    hidden: set[BlockKey] = field(default_factory=set)  # older epoch: committed, not read at the head
+    gone_inodes: set[int] = field(default_factory=set)  # deleted at the head: attributes not read
     _nbytes: int | None = None
+
 
     def __post_init__(self) -> None:
         self.inodes = {ino for ino, _ in self.blocks} | set(self.attrs)
@@ -142,6 +147,8 @@ class Tree:
         attrs = self.dirty_attrs.get(ino)
         if attrs is None:
             for batch in reversed(self.inflight):
+                if ino in batch.gone_inodes:
+                    break
                 attrs = batch.attrs.get(ino)
                 if attrs is not None:
                     break
@@ -356,11 +363,14 @@ class Tree:
     def delete_inode(self, ino: int) -> None:
         """Forget an inode that has no names and no open users; its old versions stay for snapshots."""
         self._writable()
-        if self.is_inflight(ino):
-            raise RuntimeError("delete_inode while a batch holding the inode is in flight")
         for key in [key for key in self.dirty_blocks if key[0] == ino]:
             self.dirty_bytes -= len(self.dirty_blocks.pop(key))
         self.dirty_attrs.pop(ino, None)
+        self._forget_in_flight(ino, 0)
+        for batch in self.inflight:
+            batch.gone_inodes.add(ino)
+            if batch.epoch == self.head:
+                batch.attrs.pop(ino, None)  # same epoch: it must not come back after the tombstone
         self.changed_inodes.add(ino)
         self.store.index.write(lambda txn: versions.put(txn, self._db_inodes, self.branch_id, self.head,
                                                         ino, b"", None))
@@ -398,11 +408,22 @@ class Tree:
 
         return self.store.index.write(change)
 
+    def _forget_in_flight(self, ino: int, first_gone: int) -> set[int]:
+        """Blocks from ``first_gone`` on stop existing at the head, also those still in flight.
+
+        A batch of the head's epoch will not commit them (a tombstone at the head replaces
+        them); an older batch still commits them for its snapshot, but no head read sees them.
+        Returns the block indexes affected, which need tombstones at the head."""
+        indexes: set[int] = set()
+        for batch in self.inflight:
+            keys = {key for key in batch.blocks if key[0] == ino and key[1] >= first_gone}
+            (batch.dropped if batch.epoch == self.head else batch.hidden).update(keys)
+            indexes.update(index for _, index in keys)
+        return indexes
+
     def _truncate(self, txn: lmdb.Transaction, ino: int, old_size: int, new_size: int) -> None:
         if new_size >= old_size:
             return  # growing leaves a hole: absent blocks read as zeros
-        if self.is_inflight(ino):
-            raise RuntimeError("truncate while a batch holding the inode is in flight")
         first_gone = -(-new_size // BLOCK_SIZE)
         tail = new_size % BLOCK_SIZE
         if tail:
@@ -413,7 +434,9 @@ class Tree:
                 del buf[tail:]
         for key in [key for key in self.dirty_blocks if key[0] == ino and key[1] >= first_gone]:
             self.dirty_bytes -= len(self.dirty_blocks.pop(key))
-        for name in versions.scan(txn, self._db_blocks, self.view, ino, start=block_name(first_gone)):
+        names = set(versions.scan(txn, self._db_blocks, self.view, ino, start=block_name(first_gone)))
+        names.update(block_name(index) for index in self._forget_in_flight(ino, first_gone))
+        for name in names:
             versions.put(txn, self._db_blocks, self.branch_id, self.head, ino, name, None)
 
     def readlink(self, ino: int) -> bytes:
@@ -429,6 +452,8 @@ class Tree:
         if buf is not None:
             return buf
         for batch in reversed(self.inflight):
+            if key in batch.dropped or key in batch.hidden:
+                break  # truncated or deleted at the head after this batch was taken
             buf = batch.blocks.get(key)
             if buf is not None:
                 return buf
@@ -539,8 +564,9 @@ class Tree:
         store = self.store
 
         def change(txn: lmdb.Transaction) -> int:
-            added = store.add_chunks(txn, (c for c in sealed.chunks.values() if c is not None), sealed.written)
-            for (ino, index), chunk in sealed.chunks.items():
+            kept = {key: chunk for key, chunk in sealed.chunks.items() if key not in batch.dropped}
+            added = store.add_chunks(txn, (c for c in kept.values() if c is not None), sealed.written)
+            for (ino, index), chunk in kept.items():
                 versions.put(txn, self._db_blocks, self.branch_id, batch.epoch, ino, block_name(index),
                              None if chunk is None else chunk.digest)
             for ino, attrs in batch.attrs.items():

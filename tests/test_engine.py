@@ -84,6 +84,32 @@ def test_truncate_down_then_up_reads_zeros(store: Store):
     assert tree.read(ino, 0, 3 * BLOCK_SIZE) == b"x" * (BLOCK_SIZE + 5) + bytes(2 * BLOCK_SIZE - 5)
 
 
+def test_truncate_and_delete_while_a_batch_is_in_flight(store: Store):
+    """Neither waits for the flusher: data truncated away never comes back, at the head or
+    through an older batch that commits later; the snapshot keeps what it had."""
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f", b"a" * (3 * BLOCK_SIZE))
+    gone = new_file(tree, b"g", b"x" * 1000)
+    record, historical = tree.snapshot("before")  # in flight, epoch closed
+    tree.write(ino, 0, b"b" * (3 * BLOCK_SIZE))
+    same_epoch = tree.take_batch()  # in flight, epoch still open
+    tree.setattr(ino, size=10)
+    tree.setattr(ino, size=3 * BLOCK_SIZE)
+    assert tree.read(ino, 0, 3 * BLOCK_SIZE) == b"b" * 10 + bytes(3 * BLOCK_SIZE - 10)
+    tree.unlink(ROOT_INODE, b"g")
+    tree.delete_inode(gone)
+    with pytest.raises(FsError):
+        tree.getattr(gone)
+    for batch in (historical, same_epoch):
+        tree.commit_batch(batch, tree.seal(batch))
+    store.chunk_cache.clear()
+    assert tree.read(ino, 0, 3 * BLOCK_SIZE) == b"b" * 10 + bytes(3 * BLOCK_SIZE - 10)
+    with pytest.raises(FsError):
+        tree.getattr(gone)
+    assert Tree.at_snapshot(store, record).read(ino, 0, 3 * BLOCK_SIZE) == b"a" * (3 * BLOCK_SIZE)
+    assert Tree.at_snapshot(store, record).read(gone, 0, 2000) == b"x" * 1000
+
+
 def test_sparse_offsets_beyond_4_gib(store: Store):
     tree = Tree(store, 1)
     ino = new_file(tree, b"sparse")

@@ -58,7 +58,6 @@ class WorkspaceModel(RuleBasedStateMachine):
     @rule(data=st.data(), size=st.integers(0, 3 * BLOCK_SIZE))
     def truncate(self, data, size: int) -> None:
         name = data.draw(st.sampled_from(sorted(self.model)))
-        self._settle()
         self.tree.setattr(self._ino(name), size=size)
         buf = self.model[name]
         if size < len(buf):
@@ -72,7 +71,6 @@ class WorkspaceModel(RuleBasedStateMachine):
         name = data.draw(st.sampled_from(sorted(self.model)))
         ino, attrs = self.tree.unlink(ROOT_INODE, name)
         if attrs.nlink == 0:
-            self._settle()
             self.tree.delete_inode(ino)
         del self.model[name]
 
@@ -82,7 +80,6 @@ class WorkspaceModel(RuleBasedStateMachine):
         old = data.draw(st.sampled_from(sorted(self.model)))
         replaced = self.tree.rename(ROOT_INODE, old, ROOT_INODE, new)
         if replaced is not None and replaced[1].nlink == 0:
-            self._settle()
             self.tree.delete_inode(replaced[0])
         if old != new:
             self.model[new] = self.model.pop(old)
@@ -109,15 +106,10 @@ class WorkspaceModel(RuleBasedStateMachine):
         self.tree = Tree(self.store, self.store.fork(record).id)
         self.model = {k: bytearray(v) for k, v in expected.items()}
 
-    def _settle(self) -> None:
-        while self.tree.inflight:
-            batch = self.tree.inflight[0]
-            self.tree.commit_batch(batch, self.tree.seal(batch))
-
     @invariant()
     def live_tree_matches_model(self) -> None:
         assert self._contents(self.tree) == {k: bytes(v) for k, v in self.model.items()}
 
 
-WorkspaceModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+WorkspaceModel.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
 test_workspace_model = WorkspaceModel.TestCase
