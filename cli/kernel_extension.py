@@ -23,6 +23,7 @@ import blake3
 
 from cowfs.cli.client import DaemonError, mount_for, request, snapshot
 from cowfs.cli.variables import NamespaceSaver, RestoreError, load_namespace
+from cowfs.daemon.addresses import MountEntry
 from cowfs.fs.errors import StoreError
 from cowfs.fs.store import Store
 
@@ -56,6 +57,7 @@ class CellSnapshots:
     pending: dict | None = None  # what pre_run_cell learnt, for post_run_cell
     timings: list[float] = field(default_factory=list)  # seconds spent in each hook call
     saver: NamespaceSaver | None = None
+    _mount_cache: tuple[str, MountEntry] | None = None
 
     def __post_init__(self) -> None:
         self.saver = NamespaceSaver(self.shell)
@@ -116,13 +118,21 @@ class CellSnapshots:
         finally:
             self.timings.append(time.perf_counter() - started)
 
+    def _mount(self) -> MountEntry:
+        """The mount of the working directory, remembered while the directory stays the same."""
+        cwd = os.getcwd()
+        if self._mount_cache is None or self._mount_cache[0] != cwd:
+            self._mount_cache = (cwd, mount_for(cwd))
+        return self._mount_cache[1]
+
     def _snapshot(self, label: str, meta: dict, save_vars: bool) -> None:
         try:
-            entry = mount_for(os.getcwd())
+            entry = self._mount()
             if save_vars:
                 self.saver.save(Path(entry.mountpoint))
             snapshot(entry.mountpoint, label[:200], meta, timeout=SNAPSHOT_TIMEOUT)
         except (DaemonError, OSError) as exc:
+            self._mount_cache = None  # perhaps unmounted and mounted again: look afresh next time
             self._warn(exc)
             return
         self.warned = False  # working again: warn anew if it breaks again

@@ -9,6 +9,7 @@ change is not written again, and costs nothing in the store either way.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
 import os
@@ -29,6 +30,7 @@ VARS_ROOT = ".cowfs/vars"
 MANIFEST = "manifest.json"
 # Immutable values cannot change in place: the same object means the same value.
 IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), frozenset, range)
+INLINE_BYTES = 2048  # pickles this small live in the manifest itself: one file write per cell
 
 
 def new_session() -> str:
@@ -52,14 +54,19 @@ class NamespaceSaver:
     _digests: dict[str, bytes] = field(default_factory=dict)
     _immutable_ids: dict[str, int] = field(default_factory=dict)
     _manifest: dict[str, dict] = field(default_factory=dict)
+    _made_dirs: set[Path] = field(default_factory=set)
 
     @property
     def relative_dir(self) -> str:
         return f"{VARS_ROOT}/{self.session}"
 
     def save(self, mount_root: Path) -> None:
+        """Write what changed: big values to their own files, small ones inline in the manifest,
+        so a typical cell costs one or two small writes."""
         directory = mount_root / self.relative_dir
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory not in self._made_dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(directory)
         manifest: dict[str, dict] = {}
         for name, value in user_variables(self.shell).items():
             manifest[name] = self._save_one(directory, name, value)
@@ -70,7 +77,7 @@ class NamespaceSaver:
             self._digests.pop(gone, None)
             self._immutable_ids.pop(gone, None)
         if manifest != self._manifest:
-            (directory / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
+            write_file(directory / MANIFEST, json.dumps(manifest, sort_keys=True).encode())
             self._manifest = manifest
 
     def _save_one(self, directory: Path, name: str, value: Any) -> dict:
@@ -84,12 +91,23 @@ class NamespaceSaver:
             return {"error": f"{type(value).__name__} cannot be saved ({type(exc).__name__}: {exc})"[:300]}
         digest = blake3.blake3(data).digest()
         target = file_name(name)
-        if self._digests.get(name) != digest:
-            (directory / target).write_bytes(data)
-            self._digests[name] = digest
         if isinstance(value, IMMUTABLE):
             self._immutable_ids[name] = id(value)
+        if len(data) <= INLINE_BYTES:
+            self._digests.pop(name, None)
+            return {"inline": base64.b64encode(data).decode(), "type": type(value).__name__}
+        if self._digests.get(name) != digest:
+            write_file(directory / target, data)
+            self._digests[name] = digest
         return {"file": target, "type": type(value).__name__}
+
+
+def write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 class RestoreError(Exception):
@@ -116,6 +134,8 @@ def load_namespace(store: Store, snapshot: SnapshotRecord) -> tuple[dict[str, An
         try:
             if "module" in entry:
                 values[name] = importlib.import_module(entry["module"])
+            elif "inline" in entry:
+                values[name] = cloudpickle.loads(base64.b64decode(entry["inline"]))
             elif "file" in entry:
                 data = read(entry["file"])
                 if data is None:
