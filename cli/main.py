@@ -12,6 +12,7 @@ import click
 
 from cowfs.cli import launcher
 from cowfs.cli.client import DaemonError, mount_for, request
+from cowfs.cli.importer import import_directory
 from cowfs.cli.client import snapshot as take_snapshot
 from cowfs.cli.output import emit_json, human_size, human_time, table
 from cowfs.daemon.addresses import cowfs_mounts
@@ -69,19 +70,29 @@ def cli(ctx: click.Context, store: str | None) -> None:
 
 
 @cli.command()
+@click.option("--import", "source", type=click.Path(path_type=Path),
+              help="Copy this directory in as the first snapshot of main.")
 @click.pass_obj
-def init(context: Context) -> None:
-    """Create a store."""
+def init(context: Context, source: Path | None) -> None:
+    """Create a store (optionally from an existing directory)."""
     path = context.store_path
+    if source is not None and not source.is_dir():
+        fail(f"cannot import {source}: it is not a directory")
     try:
         store = Store.init(path)
     except StoreError as exc:
-        if (path / "index.lmdb").exists():
+        if (path / "index.lmdb").exists() and source is None:
             click.echo(f"{path} is already a cowfs store")
             return
         raise exc
-    store.close()
-    click.echo(f"created store {path}")
+    try:
+        click.echo(f"created store {path}")
+        if source is not None:
+            report = import_directory(store, source.absolute())
+            click.echo(f"imported {report.files} files, {report.directories} directories and {report.links} "
+                       f"hard links ({human_size(report.bytes)}) from {source} as snapshot {report.snapshot.name}")
+    finally:
+        store.close()
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from conftest import needs_fuse, run_cli
@@ -70,3 +71,32 @@ def test_store_and_socket_are_private(workspace):
     sock = control_socket_path(mnt)
     assert os.stat(sock).st_mode & 0o777 == 0o600
     assert os.stat(sock.parent).st_mode & 0o777 == 0o700
+
+
+def test_init_import_makes_the_first_snapshot(tmp_path):
+    from test_mount_snapshots import tree_digest
+    from conftest import Workspace
+
+    source = tmp_path / "old-work"
+    (source / "data").mkdir(parents=True)
+    (source / "data" / "raw.csv").write_bytes(b"a,b\n" + b"1,2\n" * 50000)
+    (source / "notes.txt").write_text("keep me")
+    os.symlink("data/raw.csv", source / "latest.csv")
+    os.link(source / "notes.txt", source / "notes-link.txt")
+    os.setxattr(source / "notes.txt", "user.tag", b"v1")
+    os.utime(source / "notes.txt", ns=(1_000_000_000, 1_500_000_000))
+    ws = Workspace(tmp_path, tmp_path / "store")
+    result = ws.cli("init", "--import", str(source))
+    assert "imported 2 files" in result.stdout and "1 hard links" in result.stdout
+    try:
+        mnt = ws.mount()
+        assert tree_digest(mnt) == tree_digest(source)
+        assert (mnt / "notes.txt").stat().st_mtime_ns == 1_500_000_000
+        assert (mnt / "notes.txt").stat().st_ino == (mnt / "notes-link.txt").stat().st_ino
+        assert os.getxattr(mnt / "notes.txt", "user.tag") == b"v1"
+        assert json.loads(ws.cli("log", "--json").stdout)[0]["label"] == f"import of {source}"
+    finally:
+        for mountpoint in list(ws.mounts):
+            ws.umount(mountpoint)
+    assert_fails(run_cli("init", "--import", str(tmp_path / "missing"), store=tmp_path / "s2", check=False),
+                 "not a directory")
