@@ -16,7 +16,7 @@ cowfs mount "$demo/work"
 cowfs kernel install
 cp "$repo/examples/analysis.ipynb" "$demo/work/"
 (cd "$demo/work" && python "$repo/scripts/run_notebook.py" analysis.ipynb 2>/dev/null)
-cowfs log
+cowfs log --cells
 cat <<MSG
 
 The workspace is still mounted at $demo/work (store: $COWFS_STORE). Try:
