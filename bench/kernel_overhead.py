@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nbformat
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -35,7 +34,7 @@ def cells(count: int) -> list[str]:
         if kind == 0:
             body.append(f"x{i} = sum(range({i} * 1000))")
         elif kind == 1:
-            body.append(f"state['rows'].append([random.random() for _ in range(100)])\nlen(state['rows'])")
+            body.append("state['rows'].append([random.random() for _ in range(100)])\nlen(state['rows'])")
         elif kind == 2:
             body.append(f"Path('out{i % 5}.json').write_text(json.dumps(state['rows'][-1]))")
         else:

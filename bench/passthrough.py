@@ -7,7 +7,6 @@ compared on equal terms. Usage: python bench/passthrough.py BACKING_DIR MOUNTPOI
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from collections import defaultdict

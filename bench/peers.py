@@ -23,13 +23,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from run import cowfs, drop_caches, target, timed  # noqa: E402
+from run import target, timed  # noqa: E402
 
 from cowfs.cli.client import request, snapshot  # noqa: E402
 

@@ -155,10 +155,35 @@ def small_files(mnt: Path, count: int) -> dict[str, float]:
             "list files/s": count / listing, "delete files/s": count / delete}
 
 
+def source_tree(scratch: Path) -> tuple[Path, Path, int]:
+    """A tarball and a git repository of a real tree: the Python standard library (~5k files)."""
+    stdlib = Path(os.__file__).parent
+    tarball = scratch / "stdlib.tar"
+    subprocess.run(["tar", "cf", str(tarball), "--exclude=site-packages", "--exclude=__pycache__",
+                    "-C", str(stdlib.parent), stdlib.name], check=True)
+    count = int(subprocess.run(f"tar tf {tarball} | wc -l", shell=True, capture_output=True, text=True).stdout)
+    repo = scratch / "repo"
+    repo.mkdir()
+    subprocess.run(["tar", "xf", str(tarball), "-C", str(repo)], check=True)
+    git = ["git", "-C", str(repo), "-c", "user.email=b@e", "-c", "user.name=b"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "stdlib"], check=True)
+    return tarball, repo, count
+
+
+def real_trees(mnt: Path, tarball: Path, repo: Path, count: int) -> dict[str, float]:
+    (mnt / "untar").mkdir()
+    untar = timed(lambda: subprocess.run(["tar", "xf", str(tarball), "-C", str(mnt / "untar")], check=True))
+    clone = timed(lambda: subprocess.run(["git", "clone", "-q", str(repo), str(mnt / "clone")], check=True))
+    return {f"tar x of {count} files, files/s": count / untar, f"git clone of {count} files, files/s": count / clone}
+
+
 def run_comparisons(args: argparse.Namespace, scratch: Path) -> dict[str, dict[str, list[float]]]:
     results: dict[str, dict[str, list[float]]] = {kind: {} for kind in TARGETS}
-    incompressible = random.Random(3).randbytes(args.size_mb << 20)
+    incompressible = os.urandom(args.size_mb << 20)
     text = compressible(args.size_mb << 20)
+    tarball, repo, count = source_tree(scratch)
     for rep in range(args.reps):
         for kind in TARGETS:  # interleaved: drift in the machine hits every target alike
             with target(kind, scratch) as mnt:
@@ -167,6 +192,7 @@ def run_comparisons(args: argparse.Namespace, scratch: Path) -> dict[str, dict[s
                 figures.update(sequential(mnt, text, "compressible"))
                 figures.update(random_writes(mnt, 256, args.random_writes))
                 figures.update(small_files(mnt, args.files))
+                figures.update(real_trees(mnt, tarball, repo, count))
             for metric, value in figures.items():
                 results[kind].setdefault(metric, []).append(value)
             print(f"  rep {rep + 1} {kind} done", file=sys.stderr)
@@ -237,7 +263,8 @@ def fmt(values: list[float]) -> str:
 
 def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace) -> str:
     lines = [f"Workload: {args.size_mb} MiB sequential files, {args.random_writes} random 4 KiB writes into 256 MiB, "
-             f"{args.files} small files; {args.reps} repetitions, interleaved; median [min–max].", "",
+             f"{args.files} small files, tar x and git clone of the Python standard library; "
+             f"{args.reps} repetitions, interleaved; median [min–max].", "",
              "| metric | native | passthrough | cowfs | cowfs/native | cowfs/passthrough |",
              "|---|---|---|---|---|---|"]
     for metric in results["cowfs"]:

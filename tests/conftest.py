@@ -74,6 +74,28 @@ class Workspace:
     def open_store(self) -> Store:
         return Store.open(self.store, readonly=True)
 
+    def unmount_all(self) -> None:
+        """Unmount everything this workspace mounted, by force where a clean unmount fails."""
+        for mountpoint in list(self.mounts):
+            try:
+                self.umount(mountpoint)
+            except Exception:
+                force_unmount(mountpoint)
+                self.mounts.remove(mountpoint)
+
+
+def corrupt_first_chunk(store_path: Path) -> None:
+    """Flip one byte in the middle of the first chunk of the first pack."""
+    from cowfs.fs.packs import scan_pack
+
+    pack = sorted((store_path / "packs").glob("*.pack"))[0]
+    _, _, offset, length = next(scan_pack(pack))
+    with open(pack, "r+b") as handle:
+        handle.seek(offset + length // 2)
+        byte = handle.read(1)
+        handle.seek(offset + length // 2)
+        handle.write(bytes([byte[0] ^ 0x55]))
+
 
 def force_unmount(mountpoint: Path) -> None:
     """Last resort when a clean unmount failed: kill the daemon, detach the mount."""
@@ -98,11 +120,7 @@ def workspace(tmp_path: Path):
     try:
         yield ws
     finally:
-        for mountpoint in list(ws.mounts):
-            try:
-                ws.umount(mountpoint)
-            except Exception:
-                force_unmount(mountpoint)
+        ws.unmount_all()
         for entry in cowfs_mounts():
             if entry.mountpoint.startswith(str(tmp_path)):
                 force_unmount(Path(entry.mountpoint))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import Workspace, drop_caches, force_unmount  # noqa: E402
+from conftest import Workspace, drop_caches  # noqa: E402
 from cowfs.fs.store import Store  # noqa: E402
 from cowfs.fs.tree import Tree  # noqa: E402
 
@@ -173,11 +173,7 @@ def main() -> int:
     try:
         totals = exercise(workspace, args.ops, args.seed, args.branches)
     finally:
-        for mountpoint in list(workspace.mounts):
-            try:
-                workspace.umount(mountpoint)
-            except Exception:
-                force_unmount(mountpoint)
+        workspace.unmount_all()
     print(" ".join(f"{k}={v}" for k, v in sorted(totals.items())))
     print(f"fsck: {workspace.cli('fsck', check=False).stdout.strip().splitlines()[-1]}")
     return 0

@@ -96,7 +96,6 @@ def test_init_import_makes_the_first_snapshot(tmp_path):
         assert os.getxattr(mnt / "notes.txt", "user.tag") == b"v1"
         assert json.loads(ws.cli("log", "--json").stdout)[0]["label"] == f"import of {source}"
     finally:
-        for mountpoint in list(ws.mounts):
-            ws.umount(mountpoint)
+        ws.unmount_all()
     assert_fails(run_cli("init", "--import", str(tmp_path / "missing"), store=tmp_path / "s2", check=False),
                  "not a directory")

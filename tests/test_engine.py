@@ -11,7 +11,7 @@ import pytest
 from cowfs.fs import keys, versions
 from cowfs.fs.errors import CorruptChunkError, FsError, StoreError
 from cowfs.fs.keys import DB_DIRENTS
-from cowfs.fs.packs import scan_pack
+from conftest import corrupt_first_chunk
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE, Tree
 
@@ -268,13 +268,7 @@ def test_corrupt_chunk_is_an_error_never_wrong_bytes(store: Store):
     ino = new_file(tree, b"f", bytes(range(256)) * 1024)
     tree.flush()
     store.sync()
-    pack = next((store.path / "packs").glob("*.pack"))
-    _, _, offset, length = next(scan_pack(pack))
-    with open(pack, "r+b") as handle:
-        handle.seek(offset + length // 2)
-        byte = handle.read(1)
-        handle.seek(offset + length // 2)
-        handle.write(bytes([byte[0] ^ 0xFF]))
+    corrupt_first_chunk(store.path)
     store.chunk_cache.clear()
     with pytest.raises(CorruptChunkError) as raised:
         tree.read(ino, 0, 100)

@@ -12,13 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import drop_caches, needs_fuse
+from conftest import corrupt_first_chunk, drop_caches, needs_fuse
 from cowfs.daemon.addresses import control_socket_path
-from cowfs.fs.packs import scan_pack
 from cowfs.fs.store import Store
 from cowfs.fs.tree import Tree
 
@@ -94,16 +92,6 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(workspace, tmp_path)
     finally:
         store.close()
     assert workspace.cli("fsck").returncode == 0
-
-
-def corrupt_first_chunk(store_path: Path) -> None:
-    pack = sorted((store_path / "packs").glob("*.pack"))[0]
-    _, _, offset, length = next(scan_pack(pack))
-    with open(pack, "r+b") as handle:
-        handle.seek(offset + length // 2)
-        byte = handle.read(1)
-        handle.seek(offset + length // 2)
-        handle.write(bytes([byte[0] ^ 0x55]))
 
 
 def test_corrupt_chunk_is_eio_and_a_report_the_rest_keeps_working(workspace):
@@ -239,11 +227,5 @@ def test_disk_full_fails_writes_and_recovers(tmp_path):
         assert (mnt / "big").read_bytes() == b"y" * (4 << 20)
         assert ws.cli("fsck").returncode == 0
     finally:
-        for mountpoint in list(ws.mounts):
-            try:
-                ws.umount(mountpoint)
-            except Exception:
-                from conftest import force_unmount
-
-                force_unmount(mountpoint)
+        ws.unmount_all()
         subprocess.run(["umount", "-l", str(small)], check=False)

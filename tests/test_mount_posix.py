@@ -183,3 +183,48 @@ def test_cross_mount_rename_is_exdev(workspace, mnt):
     workspace.snap(mnt, "s")
     other = workspace.mount("s", name="other")
     expect_errno(errno.EXDEV, os.rename, mnt / "f", other / "g")
+
+
+def test_long_and_non_utf8_names_and_deep_nesting(mnt):
+    longest = b"n" * 255
+    odd = b"caf\xe9-\xff\xfe.csv"  # not UTF-8
+    root = os.fsencode(mnt)
+    with open(os.path.join(root, longest), "wb") as handle:
+        handle.write(b"long")
+    with open(os.path.join(root, odd), "wb") as handle:
+        handle.write(b"odd")
+    expect_errno(errno.ENAMETOOLONG, open, os.path.join(root, b"n" * 256), "wb")
+    deep = mnt
+    for level in range(100):
+        deep = deep / f"d{level}"
+    deep.mkdir(parents=True)
+    (deep / "bottom").write_text("deep")
+    drop_caches()
+    assert sorted(os.listdir(root)) == sorted([b"d0", longest, odd])
+    assert open(os.path.join(root, odd), "rb").read() == b"odd"
+    assert (deep / "bottom").read_text() == "deep"
+
+
+def test_many_threads_write_ranges_of_one_file(mnt):
+    import threading
+
+    path = mnt / "shared.bin"
+    path.write_bytes(b"")
+    chunk = 300_000
+    pieces = {i: os.urandom(chunk) for i in range(8)}
+
+    def writer(i: int) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for offset in range(0, chunk, 4096):
+                os.pwrite(fd, pieces[i][offset:offset + 4096], i * chunk + offset)
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    drop_caches()
+    assert path.read_bytes() == b"".join(pieces[i] for i in range(8))

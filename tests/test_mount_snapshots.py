@@ -10,7 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import drop_caches, needs_fuse
 
@@ -203,3 +202,37 @@ def test_real_tools_through_the_mount(workspace, tmp_path):
     rows = subprocess.run(["sqlite3", str(back / "db.sqlite"), "select count(*) from t;"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert rows == "3"
+
+
+def test_several_mounts_write_while_snap_gc_and_fsck_run(workspace):
+    import threading
+
+    main = workspace.mount()
+    (main / "seed").write_text("seed")
+    base = workspace.snap(main, "base", wait=True)
+    branches = [main] + [workspace.mount(base["id"], name=f"b{i}") for i in range(2)]
+    payloads = {m: {f"f{j}": os.urandom(50_000 + j) for j in range(30)} for m in branches}
+    errors = []
+
+    def write_all(mountpoint: Path) -> None:
+        try:
+            for name, data in payloads[mountpoint].items():
+                (mountpoint / name).write_bytes(data)
+                if name.endswith("5"):
+                    workspace.snap(mountpoint)
+        except Exception as exc:  # reported below; threads must not die silently
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write_all, args=(m,)) for m in branches]
+    for thread in threads:
+        thread.start()
+    workspace.cli("gc")
+    assert workspace.cli("fsck", check=False).returncode == 0
+    for thread in threads:
+        thread.join()
+    assert not errors
+    drop_caches()
+    for mountpoint, files in payloads.items():
+        for name, data in files.items():
+            assert (mountpoint / name).read_bytes() == data
+    assert workspace.cli("fsck").returncode == 0
