@@ -9,3 +9,5 @@ echo
 $py bench/kernel_overhead.py
 echo
 $py bench/peers.py
+echo
+$py bench/retention.py

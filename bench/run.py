@@ -38,8 +38,10 @@ def drop_caches() -> None:
 
 def cowfs(*args: str, store: Path) -> str:
     env = {**os.environ, "COWFS_STORE": str(store)}
-    return subprocess.run([sys.executable, "-m", "cowfs.cli.main", *args], env=env, check=True,
-                          capture_output=True, text=True).stdout
+    result = subprocess.run([sys.executable, "-m", "cowfs.cli.main", *args], env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"cowfs {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
 
 
 def wait_mounted(path: Path, timeout: float = 30) -> None:

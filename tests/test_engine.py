@@ -273,3 +273,17 @@ def test_corrupt_chunk_is_an_error_never_wrong_bytes(store: Store):
     with pytest.raises(CorruptChunkError) as raised:
         tree.read(ino, 0, 100)
     assert raised.value.errno == errno.EIO
+
+
+def test_a_full_lmdb_map_grows_by_itself(tmp_path, monkeypatch):
+    import cowfs.fs.index as index_module
+
+    monkeypatch.setattr(index_module, "INITIAL_MAP_SIZE", 1 << 20)  # 1 MiB: full almost at once
+    store = Store.init(tmp_path / "small-map")
+    tree = Tree(store, 1)
+    for i in range(3000):
+        new_file(tree, f"file-{i:05d}-{'x' * 100}".encode(), b"%d" % i)
+    tree.flush()
+    assert store.index.env.info()["map_size"] > 1 << 20
+    assert tree.read(tree.lookup(ROOT_INODE, f"file-02999-{'x' * 100}".encode())[0], 0, 10) == b"2999"
+    store.close()

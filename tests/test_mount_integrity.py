@@ -60,7 +60,7 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(workspace, tmp_path)
     rng = random.Random(1234)
     log_path = tmp_path / "acknowledged.jsonl"
     mnt = workspace.mount()
-    kill_points = 8
+    kill_points = int(os.environ.get("COWFS_KILL_POINTS", "8"))  # the soak sets more
     for round_number in range(kill_points):
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(mnt), str(log_path), str(round_number),
                                    str(control_socket_path(mnt))])

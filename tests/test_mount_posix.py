@@ -113,18 +113,28 @@ def test_truncate_chmod_utime_statfs(mnt):
     assert disk.f_bavail > 0 and disk.f_namemax == 255
 
 
-def test_sparse_file_beyond_4_gib(mnt):
+def test_sparse_file_of_100_gib(mnt):
     path = mnt / "sparse"
+    end = 100 * 2**30
     with open(path, "wb") as handle:
-        handle.seek(6 * 2**30)
+        handle.seek(5 * 2**30)
+        handle.write(b"middle")
+        handle.seek(end)
         handle.write(b"end")
     drop_caches()
     with open(path, "rb") as handle:
-        handle.seek(6 * 2**30 - 3)
+        handle.seek(end - 3)
         assert handle.read() == b"\0\0\0end"
+        handle.seek(5 * 2**30)
+        assert handle.read(6) == b"middle"
         handle.seek(2**30)
         assert handle.read(4096) == bytes(4096)
-    assert path.stat().st_size == 6 * 2**30 + 3
+    assert path.stat().st_size == end + 3
+    os.truncate(path, 5 * 2**30 + 3)
+    drop_caches()
+    with open(path, "rb") as handle:
+        handle.seek(5 * 2**30)
+        assert handle.read() == b"mid"
 
 
 def test_xattrs(mnt):
