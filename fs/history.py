@@ -21,10 +21,6 @@ class CellRun:
     def meta(self) -> dict:
         return self.after.meta
 
-    @property
-    def unchanged(self) -> bool:
-        return self.after.same_as is not None
-
 
 def cell_runs(snapshots: list[SnapshotRecord]) -> list[CellRun]:
     """Pair each after-cell snapshot with the before-cell snapshot just preceding it on its branch."""

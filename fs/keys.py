@@ -74,7 +74,3 @@ def name_of_entry(encoded: bytes) -> bytes:
 
 def block_name(index: int) -> bytes:
     return U64.pack(index)
-
-
-def block_index(encoded: bytes) -> int:
-    return U64.unpack(encoded)[0]

@@ -8,8 +8,9 @@ File data is cut into fixed blocks of ``BLOCK_SIZE`` bytes. Writes land in dirty
 buffers in memory; ``take_batch`` detaches them (with the attributes of the inodes they
 change) as a ``Batch`` tagged with the epoch they belong to, ``seal_blocks`` hashes and
 compresses it and appends new chunks to a pack (safe in a thread), and ``commit_batch``
-indexes the chunks and writes the records in one LMDB transaction. docs/write-path.md states the rules that keep reads,
-metadata changes and snapshots correct while a batch is in flight.
+indexes the chunks and writes the records in one LMDB transaction. docs/write-path.md
+states the rules that keep reads, metadata changes and snapshots correct while a batch is
+in flight.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class Batch:
     hidden: set[BlockKey] = field(default_factory=set)  # older epoch: committed, not read at the head
     gone_inodes: set[int] = field(default_factory=set)  # deleted at the head: attributes not read
     _nbytes: int | None = None
-
 
     def __post_init__(self) -> None:
         self.inodes = {ino for ino, _ in self.blocks} | set(self.attrs)
