@@ -98,17 +98,24 @@ def daemon_alive(mountpoint: Path) -> bool:
         return False
 
 
-def stop_daemon(mountpoint: Path, timeout: float = 120.0) -> bool:
-    """Ask the daemon to flush and unmount; returns False if it had died (stale mount cleared)."""
+def stop_daemon(mountpoint: Path, timeout: float = 120.0, linger: float = 3.0) -> tuple[str, int | None]:
+    """Ask the daemon to flush and unmount. Returns ("stopped", pid); ("detached", pid) when the
+    mount was busy, so it was detached and the daemon serves its last users before exiting;
+    or ("stale", None) when the daemon had died and the stale mount was cleared."""
     try:
         pid = request(mountpoint, {"op": "stop"})["pid"]
     except DaemonError:
         detach_stale(mountpoint)
-        return False
+        return "stale", None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not is_mounted(mountpoint) and not _process_alive(pid):
-            return True
+        if not is_mounted(mountpoint):
+            gone_by = time.monotonic() + linger
+            while time.monotonic() < gone_by:
+                if not _process_alive(pid):
+                    return "stopped", pid
+                time.sleep(0.02)
+            return "detached", pid
         time.sleep(0.02)
     raise DaemonError(f"the daemon (pid {pid}) did not stop within {timeout:.0f} s; see the store's logs")
 

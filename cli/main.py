@@ -152,8 +152,12 @@ def umount(mountpoint: Path) -> None:
     mountpoint = Path(os.path.realpath(mountpoint))
     if not any(entry.mountpoint == str(mountpoint) for entry in cowfs_mounts()):
         fail(f"{mountpoint} is not a cowfs mount point; `cowfs status` lists them")
-    if launcher.stop_daemon(mountpoint):
+    outcome, pid = launcher.stop_daemon(mountpoint)
+    if outcome == "stopped":
         click.echo(f"unmounted {mountpoint}")
+    elif outcome == "detached":
+        click.echo(f"unmounted {mountpoint}; it was busy, so the daemon (pid {pid}) keeps serving the "
+                   "processes still using it and exits when they are done")
     else:
         click.echo(f"{mountpoint}: its daemon had died; cleared the stale mount. Data written in the last "
                    "seconds before it died may be missing; every snapshot is intact.", err=True)

@@ -236,3 +236,24 @@ def test_several_mounts_write_while_snap_gc_and_fsck_run(workspace):
         for name, data in files.items():
             assert (mountpoint / name).read_bytes() == data
     assert workspace.cli("fsck").returncode == 0
+
+
+def test_umount_of_a_busy_mount_detaches_and_the_daemon_finishes_later(workspace):
+    mnt = workspace.mount()
+    (mnt / "kept").write_text("flushed")
+    user = subprocess.Popen(["sleep", "30"], cwd=mnt)  # a shell sitting in the workspace
+    try:
+        pid = workspace.daemon_pid(mnt)
+        result = workspace.cli("umount", str(mnt))
+        workspace.mounts.remove(mnt)
+        assert "busy" in result.stdout and not os.path.ismount(mnt)
+        assert Path(f"/proc/{pid}").exists()
+    finally:
+        user.kill()
+        user.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and Path(f"/proc/{pid}/status").exists() and \
+            "zombie" not in Path(f"/proc/{pid}/status").read_text():
+        time.sleep(0.05)
+    mnt = workspace.mount()
+    assert (mnt / "kept").read_text() == "flushed"
