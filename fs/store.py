@@ -7,6 +7,7 @@ workspace; ``cowfs.fs.tree`` builds the filesystem on top of it.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import stat
 import time
@@ -202,7 +203,7 @@ class Store:
 
     # -- snapshots ---------------------------------------------------------------------------
     def take_snapshot(self, txn: lmdb.Transaction, branch_id: int, label: str, meta: dict,
-                      changed_inodes: list[int]) -> SnapshotRecord:
+                      changed_inodes: set[int]) -> SnapshotRecord:
         """Freeze the branch's head epoch and open the next one: two small records, nothing more.
 
         The record lists the inodes changed in the epoch it closes (O(the change), capped),
@@ -210,7 +211,7 @@ class Store:
         branch = self.branch(txn, branch_id)
         record = SnapshotRecord(self._take(txn, b"next_snapshot"), branch.id, branch.head, time.time(),
                                 label, meta, branch.bytes_since_snapshot, False,
-                                changed_inodes=changed_inodes[:MAX_CHANGED_LISTED],
+                                changed_inodes=sorted(itertools.islice(changed_inodes, MAX_CHANGED_LISTED)),
                                 changed_count=len(changed_inodes))
         self.put_branch(txn, replace(branch, head=branch.head + 1, bytes_since_snapshot=0))
         self.put_snapshot(txn, record)

@@ -615,7 +615,7 @@ class Tree:
             self.last_snapshot = record
             return record, None
         batch_epoch = self.head
-        changed = sorted(self.changed_inodes)
+        changed = self.changed_inodes
         record = self.store.index.write(
             lambda txn: self.store.take_snapshot(txn, self.branch_id, label, meta or {}, changed))
         assert record.epoch == batch_epoch, "another process moved this branch's head"
