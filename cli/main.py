@@ -337,7 +337,8 @@ def status(context: Context, as_json: bool) -> None:
                f"compression x{document['compression_ratio']})")
     click.echo("mounts")
     for mount in live:
-        click.echo(f"  {mount['mountpoint']}  " + (f"branch {mount['branch']}  pid {mount['pid']}"
+        elsewhere = f"  (store {mount['store']})" if mount.get("store", document["store"]) != document["store"] else ""
+        click.echo(f"  {mount['mountpoint']}  " + (f"branch {mount['branch']}  pid {mount['pid']}{elsewhere}"
                                                   if "branch" in mount else mount.get("error", "")))
     click.echo("branches")
     for branch in branches:
