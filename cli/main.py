@@ -272,14 +272,17 @@ def _tree_at(store: Store, ref: str) -> tuple[SnapshotRecord, Tree]:
 @click.argument("before")
 @click.argument("after")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--all", "show_all", is_flag=True, help="Include cowfs's own .cowfs/ directory (saved variables).")
 @click.pass_obj
-def diff(context: Context, before: str, after: str, as_json: bool) -> None:
+def diff(context: Context, before: str, after: str, as_json: bool, show_all: bool) -> None:
     """Paths added, removed or modified between two snapshots."""
     store = context.open_store(readonly=True)
     try:
         changes = diff_trees(_tree_at(store, before)[1], _tree_at(store, after)[1])
     finally:
         store.close()
+    if not show_all:
+        changes = [c for c in changes if c.path != ".cowfs" and not c.path.startswith(".cowfs/")]
     if as_json:
         emit_json([change.__dict__ for change in changes])
         return
