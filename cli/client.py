@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from cowfs.daemon.addresses import AddressError, MountEntry, control_socket_path, cowfs_mount_of
+from cowfs.fs.store import default_store_path
 
 
 class DaemonError(Exception):
@@ -66,6 +67,17 @@ def snapshot(mountpoint: str | Path, label: str = "", meta: dict | None = None, 
     sync_mount(mountpoint)
     return request(mountpoint, {"op": "snapshot", "label": label, "meta": meta or {}, "wait": wait},
                    timeout=timeout)["snapshot"]
+
+
+def resolve_store_path(explicit: str | None) -> Path:
+    """The store to use: the one named, else that of the mount the working directory is in,
+    else the default store."""
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    try:
+        return Path(request(mount_for(os.getcwd()).mountpoint, {"op": "status"}, timeout=5)["store"])
+    except DaemonError:
+        return default_store_path()
 
 
 def mount_for(path: str | Path) -> MountEntry:

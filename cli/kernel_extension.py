@@ -21,7 +21,7 @@ from typing import Any
 
 import blake3
 
-from cowfs.cli.client import DaemonError, mount_for, request, snapshot
+from cowfs.cli.client import DaemonError, mount_for, resolve_store_path, snapshot
 from cowfs.cli.variables import NamespaceSaver, RestoreError, load_namespace
 from cowfs.daemon.addresses import MountEntry
 from cowfs.fs.errors import StoreError
@@ -146,9 +146,7 @@ class CellSnapshots:
 def restore(shell: Any, ref: str) -> None:
     """``%cowfs restore <snap>``: the variables as they were at that snapshot."""
     try:
-        mountpoint = mount_for(os.getcwd()).mountpoint
-        store_path = request(mountpoint, {"op": "status"}, timeout=10)["store"]
-        store = Store.open(Path(store_path), readonly=True)
+        store = Store.open(resolve_store_path(os.environ.get("COWFS_STORE")), readonly=True)
         try:
             record = store.resolve_snapshot(ref)
             values, problems = load_namespace(store, record)

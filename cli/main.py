@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from cowfs.cli import launcher
-from cowfs.cli.client import DaemonError, mount_for, request
+from cowfs.cli.client import DaemonError, mount_for, request, resolve_store_path
 from cowfs.cli.importer import import_directory
 from cowfs.cli.client import snapshot as take_snapshot
 from cowfs.cli.output import emit_json, human_size, human_time, table
@@ -23,7 +23,7 @@ from cowfs.fs.retention import Policy, parse_duration, plan_prune, protected, re
 from cowfs.fs.history import CellRun, blame as history_blame, cell_runs, files_changed
 from cowfs.fs.errors import StoreError
 from cowfs.fs.records import SnapshotRecord, format_snapshot_id
-from cowfs.fs.store import MAIN_BRANCH, NEEDS_FSCK, Store, default_store_path, describe
+from cowfs.fs.store import MAIN_BRANCH, NEEDS_FSCK, Store, describe
 from cowfs.fs.tree import Tree
 
 
@@ -36,12 +36,7 @@ class Context:
 
     @property
     def store_path(self) -> Path:
-        if self.explicit:
-            return Path(self.explicit).expanduser().absolute()
-        try:
-            return Path(request(mount_for(os.getcwd()).mountpoint, {"op": "status"}, timeout=5)["store"])
-        except DaemonError:
-            return default_store_path()
+        return resolve_store_path(self.explicit)
 
     def open_store(self, readonly: bool = False) -> Store:
         return Store.open(self.store_path, readonly=readonly)
