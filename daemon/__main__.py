@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         check_mountpoint(mountpoint)
         lock_fd = store.lock_branch(branch, f"pid {os.getpid()} at {mountpoint}")
         tree = Tree(store, branch.id)
+        swept = tree.sweep_orphans()
+        if swept:
+            log.info("deleted %d files that a previous daemon left open and nameless", swept)
         flusher = Flusher(tree)
         operations = CowOperations(tree, flusher)
         # Everything that looks at the mount point happens before the mount: once mounted,

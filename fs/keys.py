@@ -42,9 +42,12 @@ DB_CHUNKS = b"chunks"  # chunk hash (32 bytes) -> ChunkLocation (pack, offset, s
 # chunk hash -> gc round u64: chunks that a commit re-used (deduplicated against) during that
 # garbage-collection round, so gc never deletes a chunk that became referenced while it scanned.
 DB_RECENT_REFS = b"recent_refs"
+# branch u32 | inode u64 -> empty: inodes whose last name went while they were still open.
+# The daemon deletes them when the kernel forgets them; one killed first sweeps them at start.
+DB_ORPHANS = b"orphans"
 VERSIONED_DBS = (DB_INODES, DB_DIRENTS, DB_XATTRS, DB_BLOCKS)
 ALL_DBS = (DB_META, DB_BRANCHES, DB_BRANCH_NAMES, DB_SNAPSHOTS, DB_INODES, DB_DIRENTS,
-           DB_XATTRS, DB_BLOCKS, DB_CHUNKS, DB_RECENT_REFS)
+           DB_XATTRS, DB_BLOCKS, DB_CHUNKS, DB_RECENT_REFS, DB_ORPHANS)
 
 
 def inverted(epoch: int) -> bytes:

@@ -27,8 +27,8 @@ import lmdb
 from cowfs.fs import versions
 from cowfs.fs.chunks import SealedChunk, digest_of, seal
 from cowfs.fs.errors import FsError
-from cowfs.fs.keys import (DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_XATTRS, U64, block_name, entry_name,
-                           name_of_entry)
+from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
+                           block_name, entry_name, name_of_entry)
 from cowfs.fs.records import ChunkLocation, InodeAttrs, SnapshotRecord
 from cowfs.fs.store import ROOT_INODE, Store
 
@@ -129,6 +129,7 @@ class Tree:
         self._db_dirents = store.index.db(DB_DIRENTS)
         self._db_blocks = store.index.db(DB_BLOCKS)
         self._db_xattrs = store.index.db(DB_XATTRS)
+        self._db_orphans = store.index.db(DB_ORPHANS)
 
     @classmethod
     def at_snapshot(cls, store: Store, snapshot: SnapshotRecord) -> "Tree":
@@ -273,6 +274,8 @@ class Tree:
         nlink = 0 if attrs.is_dir else attrs.nlink - 1
         attrs = attrs.changed(nlink=nlink, ctime_ns=now)
         self._set_attrs(txn, ino, attrs)
+        if nlink == 0:
+            txn.put(BRANCH_OWNER.pack(self.branch_id, ino), b"", db=self._db_orphans)
         return attrs
 
     def unlink(self, parent: int, name: bytes, *, directory: bool = False) -> tuple[int, InodeAttrs]:
@@ -372,8 +375,25 @@ class Tree:
             if batch.epoch == self.head:
                 batch.attrs.pop(ino, None)  # same epoch: it must not come back after the tombstone
         self.changed_inodes.add(ino)
-        self.store.index.write(lambda txn: versions.put(txn, self._db_inodes, self.branch_id, self.head,
-                                                        ino, b"", None))
+
+        def change(txn: lmdb.Transaction) -> None:
+            versions.put(txn, self._db_inodes, self.branch_id, self.head, ino, b"", None)
+            txn.delete(BRANCH_OWNER.pack(self.branch_id, ino), db=self._db_orphans)
+
+        self.store.index.write(change)
+
+    def sweep_orphans(self) -> int:
+        """Delete inodes left without names by a daemon that died while they were open.
+
+        Called before mounting, when the kernel can hold no reference to any of them."""
+        prefix = U32.pack(self.branch_id)
+        with self.store.index.reading() as txn:
+            cursor = txn.cursor(db=self._db_orphans)
+            found = [BRANCH_OWNER.unpack(key)[1] for key in cursor.iternext(values=False)
+                     if key.startswith(prefix)] if cursor.set_range(prefix) else []
+        for ino in found:
+            self.delete_inode(ino)
+        return len(found)
 
     # -- attributes changed by the user ---------------------------------------------------------
     def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None, gid: int | None = None,

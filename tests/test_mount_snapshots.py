@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 
+import pytest
+
 from conftest import drop_caches, needs_fuse
 
 pytestmark = needs_fuse
@@ -305,3 +307,28 @@ def test_snapshots_are_an_atomic_cut_across_files(workspace):
     finally:
         store.close()
     assert len(seen) > 5, "the writer must have made progress between snapshots"
+
+
+def test_files_left_open_and_nameless_by_a_killed_daemon_are_swept(workspace):
+    mnt = workspace.mount()
+    (mnt / "scratch").write_bytes(b"temporary" * 1000)
+    ino = os.stat(mnt / "scratch").st_ino
+    holder = open(mnt / "scratch", "rb")
+    os.unlink(mnt / "scratch")
+    workspace.cli("snap", str(mnt))  # the unlink reaches the store
+    os.kill(workspace.daemon_pid(mnt), signal.SIGKILL)
+    try:
+        holder.close()
+    except OSError:
+        pass  # the daemon is gone: the kernel cannot flush on close, and says so
+    time.sleep(0.2)
+    workspace.cli("mount", str(mnt))
+    store = workspace.open_store()
+    try:
+        from cowfs.fs.tree import Tree
+
+        with pytest.raises(OSError):
+            Tree(store, 1).getattr(ino)
+    finally:
+        store.close()
+    assert "deleted 1 files" in (workspace.store / "logs" / "main.log").read_text()
