@@ -24,6 +24,9 @@ from pathlib import Path
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import figure_table  # noqa: E402
+
 REPORT = "import json, cowfs.cli.kernel_extension as k\nprint(json.dumps(k._active.timings))"
 
 
@@ -92,16 +95,17 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     per_cell.sort()
     print(f"Notebook: {len(sources)} cells, {args.runs} runs in fresh kernels, cells are stdlib only.\n")
-    print("| figure | value |\n|---|---|")
-    print(f"| hook time per cell (pre + post), median | {statistics.median(per_cell):.2f} ms |")
-    print(f"| hook time per cell, p99 | {per_cell[int(len(per_cell) * 0.99) - 1]:.2f} ms |")
-    print(f"| hook time per cell, max | {per_cell[-1]:.2f} ms |")
-    print(f"| cells measured | {len(per_cell)} |")
-    print(f"| notebook wall time without the extension (nbclient, plain dir) | {statistics.median(walls_plain):.2f} s |")
-    print(f"| notebook wall time with it (cowfs mount) | {statistics.median(walls):.2f} s |")
-    print(f"| snapshots after {args.runs} runs | {snapshots} |")
-    print(f"| store on disk after {args.runs} runs | {status['store_bytes'] / 2**20:.2f} MiB |")
-    print(f"| unique chunk bytes (compressed) | {status['chunk_stored_bytes'] / 2**10:.1f} KiB |")
+    print(figure_table({
+        "hook time per cell (pre + post), median": f"{statistics.median(per_cell):.2f} ms",
+        "hook time per cell, p99": f"{per_cell[int(len(per_cell) * 0.99) - 1]:.2f} ms",
+        "hook time per cell, max": f"{per_cell[-1]:.2f} ms",
+        "cells measured": len(per_cell),
+        "notebook wall time without the extension (nbclient, plain dir)": f"{statistics.median(walls_plain):.2f} s",
+        "notebook wall time with it (cowfs mount)": f"{statistics.median(walls):.2f} s",
+        f"snapshots after {args.runs} runs": snapshots,
+        f"store on disk after {args.runs} runs": f"{status['store_bytes'] / 2**20:.2f} MiB",
+        "unique chunk bytes (compressed)": f"{status['chunk_stored_bytes'] / 2**10:.1f} KiB",
+    }))
     return 0
 
 

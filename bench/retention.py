@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import cowfs, target  # noqa: E402
+from run import cowfs, figure_table, target  # noqa: E402
 
 from cowfs.cli.client import snapshot  # noqa: E402
 
@@ -58,17 +58,18 @@ def main() -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"{args.cells} cells, one snapshot each, then prune --keep-last {args.keep_last} and gc (mount live)\n")
-    print("| figure | value |\n|---|---|")
-    print(f"| snapshots before / after | {before['snapshots']} / {after['snapshots']} |")
-    print(f"| store on disk before prune | {before['store_bytes'] / 2**20:.1f} MiB |")
-    print(f"| store on disk after gc | {after['store_bytes'] / 2**20:.1f} MiB |")
-    print(f"| unique chunk bytes before / after | {before['chunk_stored_bytes'] / 2**20:.1f} / "
-          f"{after['chunk_stored_bytes'] / 2**20:.1f} MiB |")
-    print(f"| gc: versions, chunks removed; packs rewritten, deleted | {gc['versions_removed']}, "
-          f"{gc['chunks_removed']}; {gc['packs_rewritten']}, {gc['packs_deleted']} |")
-    print(f"| prune + gc time | {seconds:.1f} s |")
-    print(f"| removed by prune | {len(pruned['removed'])} |")
-    print(f"| fsck after | {fsck} |")
+    print(figure_table({
+        "snapshots before / after": f"{before['snapshots']} / {after['snapshots']}",
+        "store on disk before prune": f"{before['store_bytes'] / 2**20:.1f} MiB",
+        "store on disk after gc": f"{after['store_bytes'] / 2**20:.1f} MiB",
+        "unique chunk bytes before / after": f"{before['chunk_stored_bytes'] / 2**20:.1f} / "
+                                             f"{after['chunk_stored_bytes'] / 2**20:.1f} MiB",
+        "gc: versions, chunks removed; packs rewritten, deleted": f"{gc['versions_removed']}, {gc['chunks_removed']}; "
+                                                                  f"{gc['packs_rewritten']}, {gc['packs_deleted']}",
+        "prune + gc time": f"{seconds:.1f} s",
+        "removed by prune": len(pruned["removed"]),
+        "fsck after": fsck,
+    }))
     return 0
 
 

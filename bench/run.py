@@ -89,7 +89,8 @@ def compressible(size: int) -> bytes:
     rng = random.Random(1)
     lines, total = [], 0
     while total < size:
-        line = f"{rng.randrange(10**6)},{rng.random():.6f},{rng.choice(['cat', 'dog', 'eel'])},2026-11-{rng.randrange(1, 29):02d}\n"
+        animal = rng.choice(["cat", "dog", "eel"])
+        line = f"{rng.randrange(10**6)},{rng.random():.6f},{animal},2026-11-{rng.randrange(1, 29):02d}\n"
         lines.append(line)
         total += len(line)
     return "".join(lines).encode()[:size]
@@ -259,6 +260,11 @@ def space_after_change(scratch: Path, workspace_mb: int) -> dict[str, float]:
             "bytes added by an unchanged snapshot": empty["bytes_added"], "index file bytes": index_bytes}
 
 
+def figure_table(rows: dict[str, object]) -> str:
+    """A two-column markdown table, as the single-target benchmarks print them."""
+    return "\n".join(["| figure | value |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows.items())])
+
+
 def fmt(values: list[float]) -> str:
     return f"{statistics.median(values):,.1f} [{min(values):,.1f}–{max(values):,.1f}]"
 
@@ -274,7 +280,8 @@ def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace
         lines.append(f"| {metric} | {fmt(results['native'][metric])} | {fmt(results['passthrough'][metric])} | "
                      f"{fmt(results['cowfs'][metric])} | {med['cowfs'] / med['native']:.2f} | "
                      f"{med['cowfs'] / med['passthrough']:.2f} |")
-    lines += ["", "| snapshot (cowfs, over the control socket) | p50 ms | p99 ms | until durable ms |", "|---|---|---|---|"]
+    lines += ["", "| snapshot (cowfs, over the control socket) | p50 ms | p99 ms | until durable ms |",
+              "|---|---|---|---|"]
     for name, row in snapshots.items():
         if "p50 ms" in row:
             lines.append(f"| {name} | {row['p50 ms']:.2f} | {row['p99 ms']:.2f} | {row['durable ms']:.1f} |")

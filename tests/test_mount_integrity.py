@@ -215,7 +215,8 @@ def test_disk_full_fails_writes_and_recovers(tmp_path):
                 os.fsync(handle.fileno())
         except OSError as exc:
             failure = exc
-        assert failure is not None and failure.errno == errno.ENOSPC, (small / "store" / "logs" / "main.log").read_text()
+        daemon_log = (small / "store" / "logs" / "main.log").read_text()
+        assert failure is not None and failure.errno == errno.ENOSPC, daemon_log
         assert (mnt / "before").read_bytes() == b"safe" * 1000
         filler.unlink()
         with open(mnt / "big", "wb") as handle:
