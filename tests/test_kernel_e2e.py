@@ -18,7 +18,9 @@ pytestmark = needs_fuse
 CELLS = [
     "import json, pathlib\nx = 1\npathlib.Path('a.txt').write_text('one')",
     "pathlib.Path('a.txt').write_text('two')\npathlib.Path('b.bin').write_bytes(bytes(range(256)) * 400)\n"
-    "data = {'k': [1, 2, 3]}\nx = 2\nsquares = (i * i for i in range(3))",
+    "data = {'k': [1, 2, 3]}\nx = 2\nsquares = (i * i for i in range(3))\n"
+    "import numpy as np, pandas as pd\narr = np.arange(100000, dtype='float64') / 7\n"
+    "df = pd.DataFrame({'a': arr[:1000], 'b': ['row%d' % i for i in range(1000)]})",
     "   \n",
     "raise ValueError('boom')",
     "pathlib.Path('b.bin').unlink()\nx = 3\ndef triple(v):\n    return 3 * v",
@@ -72,10 +74,13 @@ def test_every_cell_snapshotted_then_files_and_variables_come_back(kernel_env):
     assert (back / "b.bin").read_bytes() == bytes(range(256)) * 400
 
     restored = run_notebook(back, [f"%cowfs restore {before}",
-                                   "print(json.dumps({'x': x, 'data': data, 'has_triple': 'triple' in dir()}))"])
+                                   "print(json.dumps({'x': x, 'data': data, 'has_triple': 'triple' in dir()}))",
+                                   "print(bool((arr == np.arange(100000, dtype='float64') / 7).all()), "
+                                   "df.shape, df['b'].iloc[999], float(df['a'].sum()) == float(arr[:1000].sum()))"])
     report = stdout_of(restored.cells[0])
     assert "squares: not saved: generator" in report  # what cannot come back is listed, with why
     assert json.loads(stdout_of(restored.cells[1])) == {"x": 2, "data": {"k": [1, 2, 3]}, "has_triple": False}
+    assert stdout_of(restored.cells[2]).strip() == "True (1000, 2) row999 True"  # numpy and pandas
 
     after = run_notebook(back, [f"%cowfs restore {unlink_run['after']}", "print(triple(7))"])
     assert stdout_of(after.cells[1]).strip() == "21"
