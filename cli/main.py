@@ -446,7 +446,14 @@ def prune(context: Context, keep_last: int, keep_within: str | None, keep_hourly
 @click.pass_obj
 def gc(context: Context, as_json: bool) -> None:
     """Reclaim the space of removed snapshots and overwritten data (safe while mounted)."""
-    store = context.open_store()
+    path = context.store_path
+    for entry in cowfs_mounts():  # live daemons of this store finish their packs so gc can rewrite them
+        try:
+            if request(entry.mountpoint, {"op": "status"}, timeout=5)["store"] == str(path):
+                request(entry.mountpoint, {"op": "rotate"}, timeout=30)
+        except DaemonError:
+            pass
+    store = Store.open(path)
     try:
         report = collect_garbage(store)
     finally:

@@ -1,7 +1,8 @@
 """The control socket: JSON lines between the CLI (or the kernel extension) and a daemon.
 
 Requests: ``{"op": "snapshot", "label": str, "meta": {...}, "wait": bool}``, ``{"op": "status"}``,
-``{"op": "flush"}``, ``{"op": "stop"}``. Every reply is one line ``{"ok": true, ...}`` or
+``{"op": "flush"}``, ``{"op": "rotate"}`` (finish the current pack so gc may rewrite it),
+``{"op": "stop"}``. Every reply is one line ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "what happened and what to do"}``. The socket is 0600 in a 0700
 directory, and a peer of another uid is refused before its request is read.
 """

@@ -50,6 +50,7 @@ class Flusher:
         self._changed = trio.Event()
         self._retry_now = trio.Event()
         self._failures = 0
+        self._rotate_requested = False
         self.failure: BaseException | None = None
 
     # -- handing work over ---------------------------------------------------------------------
@@ -97,6 +98,16 @@ class Flusher:
         while sum(b.nbytes for b in self.tree.inflight) > INFLIGHT_LIMIT_BYTES:
             await self.wait_committed(self._committed + 1)
 
+    def rotate_pack(self) -> None:
+        """Finish the pack this daemon appends to, so `cowfs gc` may rewrite or delete it.
+
+        Worker threads append only while a batch is in flight; with none, close it now,
+        otherwise right after the batches in flight commit."""
+        if self.tree.inflight:
+            self._rotate_requested = True
+        else:
+            self.tree.store.close_pack()
+
     # -- the worker -------------------------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Commit batches in order; make snapshots durable with one sync per group of batches
@@ -114,6 +125,9 @@ class Flusher:
             if any(member.snapshot_id is not None for member in group):
                 await self._until_done("sync of the store", trio.to_thread.run_sync, self.tree.store.sync)
             self._committed += len(group)
+            if self._rotate_requested and not self.tree.inflight:
+                self._rotate_requested = False
+                self.tree.store.close_pack()
             self._wake()
 
     async def _commit(self, batch: Batch) -> None:

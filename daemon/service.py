@@ -56,10 +56,13 @@ class Daemon:
         if op == "flush":
             await self.flusher.flush(durable=True)
             return {"ok": True}
+        if op == "rotate":
+            self.flusher.rotate_pack()
+            return {"ok": True}
         if op == "stop":
             self.stop_requested.set()
             return {"ok": True, "pid": os.getpid()}
-        raise RequestError(f"unknown op {op!r}; this daemon knows snapshot, status, flush and stop")
+        raise RequestError(f"unknown op {op!r}; this daemon knows snapshot, status, flush, rotate and stop")
 
     async def push_kernel_pages(self) -> None:
         """With the writeback cache, returned writes may still sit in the kernel: fetch them.
