@@ -51,6 +51,7 @@ class Flusher:
         self._retry_now = trio.Event()
         self._failures = 0
         self._rotate_requested = False
+        self._pack_io = trio.Lock()  # held while threads append to or fsync this daemon's pack
         self.failure: BaseException | None = None
 
     # -- handing work over ---------------------------------------------------------------------
@@ -86,7 +87,7 @@ class Flusher:
         """Everything written so far is in the store (and on disk when ``durable``)."""
         await self.wait_committed(self.kick())
         if durable:
-            await trio.to_thread.run_sync(self.tree.store.sync)
+            await self._sync_store()
 
     async def throttle(self) -> None:
         """Called after a write: start a flush above the threshold, wait if far behind.
@@ -98,15 +99,19 @@ class Flusher:
         while sum(b.nbytes for b in self.tree.inflight) > INFLIGHT_LIMIT_BYTES:
             await self.wait_committed(self._committed + 1)
 
-    def rotate_pack(self) -> None:
+    async def rotate_pack(self) -> None:
         """Finish the pack this daemon appends to, so `cowfs gc` may rewrite or delete it.
 
-        Worker threads append only while a batch is in flight; with none, close it now,
-        otherwise right after the batches in flight commit."""
-        if self.tree.inflight:
-            self._rotate_requested = True
-        else:
-            self.tree.store.close_pack()
+        Threads use the pack while batches are sealed and while the store syncs (both under
+        ``_pack_io``); it is closed at once if no batch is in flight, else after they commit."""
+        self._rotate_requested = True
+        await self._rotate_if_requested()
+
+    async def _rotate_if_requested(self) -> None:
+        async with self._pack_io:
+            if self._rotate_requested and not self.tree.inflight:
+                self._rotate_requested = False
+                self.tree.store.close_pack()
 
     # -- the worker -------------------------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -120,15 +125,19 @@ class Flusher:
                     group.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            for member in group:
-                await self._until_done(f"flush of epoch {member.epoch}", self._commit, member)
+            async with self._pack_io:
+                for member in group:
+                    await self._until_done(f"flush of epoch {member.epoch}", self._commit, member)
             if any(member.snapshot_id is not None for member in group):
-                await self._until_done("sync of the store", trio.to_thread.run_sync, self.tree.store.sync)
+                await self._until_done("sync of the store", self._sync_store)
             self._committed += len(group)
-            if self._rotate_requested and not self.tree.inflight:
-                self._rotate_requested = False
-                self.tree.store.close_pack()
+            await self._rotate_if_requested()
             self._wake()
+
+    async def _sync_store(self) -> None:
+        """fsync packs, then the index, in a thread; the pack is not closed meanwhile."""
+        async with self._pack_io:
+            await trio.to_thread.run_sync(self.tree.store.sync)
 
     async def _commit(self, batch: Batch) -> None:
         self.tree.commit_batch(batch, await seal_in_threads(self.tree.store, batch))
@@ -164,5 +173,5 @@ class Flusher:
             if self.tree.dirty_blocks or self.tree.dirty_attrs:
                 await self.flush(durable=True)
             else:
-                await trio.to_thread.run_sync(self.tree.store.sync)
+                await self._sync_store()
             self.tree.store.packs.drop_missing()

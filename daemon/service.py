@@ -57,7 +57,7 @@ class Daemon:
             await self.flusher.flush(durable=True)
             return {"ok": True}
         if op == "rotate":
-            self.flusher.rotate_pack()
+            await self.flusher.rotate_pack()
             return {"ok": True}
         if op == "stop":
             self.stop_requested.set()
