@@ -62,5 +62,15 @@ def _records(txn: lmdb.Transaction, db, prefix: bytes, start: bytes) -> Iterator
 
 
 def has_any(txn: lmdb.Transaction, db, view: View, owner: int) -> bool:
-    """Whether the view sees at least one live name under ``owner`` (an emptiness test)."""
-    return bool(scan(txn, db, view, owner))
+    """Whether the view sees at least one live name under ``owner`` (an emptiness test).
+
+    Stops at the first live name instead of listing the whole directory like ``scan``."""
+    decided: set[bytes] = set()
+    for branch, epoch in view:
+        for name, record_epoch, value in _records(txn, db, owner_prefix(branch, owner), b""):
+            if record_epoch > epoch or name in decided:
+                continue
+            if value:
+                return True
+            decided.add(name)
+    return False
