@@ -28,17 +28,21 @@ async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
     store.ensure_pack_writer()
     items = list(batch.blocks.items())
     if len(items) < SEAL_SPLIT_MIN_BLOCKS:
-        return await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
-    half = math.ceil(len(items) / 2)
-    parts: list[SealedBlocks] = []
+        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
+    else:
+        half = math.ceil(len(items) / 2)
+        parts: list[SealedBlocks] = []
 
-    async def seal_part(part: list) -> None:
-        parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part)))
+        async def seal_part(part: list) -> None:
+            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part)))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(seal_part, items[:half])
-        nursery.start_soon(seal_part, items[half:])
-    return parts[0].merge(parts[1])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(seal_part, items[:half])
+            nursery.start_soon(seal_part, items[half:])
+        sealed = parts[0].merge(parts[1])
+    # The commit must not reference unsynced pack bytes; fsync here, not on the trio thread.
+    await trio.to_thread.run_sync(store.sync_packs)
+    return sealed
 
 
 class Flusher:

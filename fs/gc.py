@@ -190,6 +190,7 @@ def _move_chunks(store: Store, entries: list[tuple[bytes, ChunkLocation]], repor
             raw = txn.get(digest, db=chunks)
             if raw is not None and ChunkLocation.decode(raw) == old:
                 txn.put(digest, new.encode(), db=chunks)
+        store.sync_packs()
 
     store.index.write(switch)
     store.sync()

@@ -30,6 +30,16 @@ class PackMissingError(CorruptChunkError):
     """The index names a pack file that is not there (gc moved it, or the store is damaged)."""
 
 
+def sync_directory(path: Path) -> None:
+    """Make the names in a directory durable: a file fsynced in a directory whose own entry
+    was never synced can vanish in a machine crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def pack_in_use(path: Path) -> bool:
     """Whether some process is appending to this pack (it holds the shared lock)."""
     try:
@@ -52,6 +62,8 @@ class PackWriter:
         self.pack_id = pack_id
         self.path = pack_path(directory, pack_id)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # The pack's name must be durable before any index entry that names it can be.
+        sync_directory(directory)
         # A shared lock says "being appended to": gc never rewrites or deletes such a pack.
         fcntl.flock(self._fd, fcntl.LOCK_SH)
         self.size = os.fstat(self._fd).st_size

@@ -24,7 +24,7 @@ from cowfs.fs.errors import CorruptChunkError, StoreError
 from cowfs.fs.index import Index
 from cowfs.fs.keys import (DB_BRANCH_NAMES, DB_BRANCHES, DB_CHUNKS, DB_INODES, DB_META,
                            DB_RECENT_REFS, DB_SNAPSHOTS, U32, U64)
-from cowfs.fs.packs import PackMissingError, PackReader, PackWriter
+from cowfs.fs.packs import PackMissingError, PackReader, PackWriter, sync_directory
 from cowfs.fs.records import BranchRecord, ChunkLocation, InodeAttrs, SnapshotRecord, format_snapshot_id
 from cowfs.fs.versions import View
 
@@ -72,11 +72,14 @@ class Store:
                                  "(choose an empty or new directory)")
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, 0o700)
-        for sub in ("packs", "logs", "locks"):
+        # index.lmdb made here: LMDB would create it with the files' mode (0600, not enterable).
+        for sub in ("packs", "logs", "locks", "index.lmdb"):
             (path / sub).mkdir(mode=0o700, exist_ok=True)
         index = Index(path / "index.lmdb")
         index.write(lambda txn: cls._create_root(index, txn))
         index.sync()
+        for directory in (path / "index.lmdb", path / "packs", path, path.parent):
+            sync_directory(directory)
         return cls(path, index, readonly=False)
 
     @staticmethod
@@ -317,6 +320,8 @@ class Store:
             added_stored += location.stored_len
             added_raw += chunk.raw_len
             added_count += 1
+        if added_count:
+            self.sync_packs()  # a no-op when the flusher synced them before this transaction
         for name, delta in (("chunk_count", added_count), ("chunk_raw_bytes", added_raw),
                             ("chunk_stored_bytes", added_stored), ("logical_bytes", logical)):
             if delta:
@@ -350,10 +355,15 @@ class Store:
         with open(self.path / NEEDS_FSCK, "a", encoding="utf-8") as note:
             note.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {report}\n")
 
-    def sync(self) -> None:
-        """Packs first, then the index, so the index never points at bytes a crash could lose."""
+    def sync_packs(self) -> None:
+        """Make appended chunks durable. Every transaction that indexes chunks does this before
+        it commits: LMDB pages may reach the disk before a later fsync, pack bytes must not lag."""
         if self._writer is not None:
             self._writer.sync()
+
+    def sync(self) -> None:
+        """Packs first, then the index, so the index never points at bytes a crash could lose."""
+        self.sync_packs()
         self.index.sync()
 
 

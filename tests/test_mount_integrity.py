@@ -3,95 +3,19 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from conftest import corrupt_first_chunk, drop_caches, needs_fuse
 from cowfs.daemon.addresses import control_socket_path
-from cowfs.fs.store import Store
-from cowfs.fs.tree import Tree
 
 pytestmark = needs_fuse
-
-WRITER = r'''
-import hashlib, json, os, random, socket, sys
-mnt, log_path, seed, sock_path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-rng = random.Random(seed)
-written = []
-with open(log_path, "a") as log:
-    for i in range(100000):
-        name = f"w{seed}_{i}"
-        data = rng.randbytes(rng.randrange(1, 400000))
-        try:
-            fd = os.open(os.path.join(mnt, name), os.O_CREAT | os.O_WRONLY | os.O_TRUNC)
-            os.write(fd, data)
-            os.fsync(fd)
-            os.close(fd)
-            written.append(name)
-            log.write(json.dumps({"file": name, "sha": hashlib.sha256(data).hexdigest()}) + "\n")
-            log.flush()
-            if i % 7 == 6:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(sock_path)
-                    s.sendall(json.dumps({"op": "snapshot", "wait": True}).encode() + b"\n")
-                    reply = json.loads(s.makefile().readline())
-                if reply.get("ok") and reply["snapshot"]["durable"]:
-                    log.write(json.dumps({"snap": reply["snapshot"]["id"], "files": list(written)}) + "\n")
-                    log.flush()
-        except (OSError, ValueError):
-            break
-'''
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def test_kill_9_at_random_points_loses_nothing_acknowledged(workspace, tmp_path):
-    rng = random.Random(1234)
-    log_path = tmp_path / "acknowledged.jsonl"
-    mnt = workspace.mount()
-    kill_points = int(os.environ.get("COWFS_KILL_POINTS", "8"))  # the soak sets more
-    for round_number in range(kill_points):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(mnt), str(log_path), str(round_number),
-                                   str(control_socket_path(mnt))])
-        gc = None
-        if round_number % 2:
-            gc = subprocess.Popen([sys.executable, "-m", "cowfs.cli.main", "gc"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, env={**os.environ, "COWFS_STORE": str(workspace.store)})
-        time.sleep(rng.uniform(0.2, 1.5))
-        os.kill(workspace.daemon_pid(mnt), signal.SIGKILL)
-        if gc is not None:
-            gc.kill()
-            gc.wait()
-        writer.wait(timeout=60)
-        workspace.cli("mount", str(mnt))  # clears the stale mount, new daemon
-    entries = [json.loads(line) for line in log_path.read_text().splitlines()]
-    files = {e["file"]: e["sha"] for e in entries if "file" in e}
-    snaps = [e for e in entries if "snap" in e]
-    assert len(files) > kill_points and snaps, "the workload must have acknowledged writes and snapshots"
-    drop_caches()
-    for name, digest in files.items():
-        assert sha((mnt / name).read_bytes()) == digest, name
-    store = Store.open(workspace.store, readonly=True)
-    try:
-        for entry in snaps:
-            tree = Tree.at_snapshot(store, store.resolve_snapshot(entry["snap"]))
-            for name in entry["files"]:
-                ino, attrs = tree.resolve(name.encode())
-                assert sha(tree.read(ino, 0, attrs.size)) == files[name]
-    finally:
-        store.close()
-    assert workspace.cli("fsck").returncode == 0
 
 
 def test_corrupt_chunk_is_eio_and_a_report_the_rest_keeps_working(workspace):
