@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         tree = Tree(store, branch.id)
         swept = tree.sweep_orphans()
         if swept:
+            tree.flush()
             log.info("deleted %d files that a previous daemon left open and nameless", swept)
         flusher = Flusher(tree)
         operations = CowOperations(tree, flusher)

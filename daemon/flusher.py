@@ -45,6 +45,14 @@ async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
     return sealed
 
 
+def error_code(exc: BaseException | None) -> int | None:
+    """The errno a failed flush should report; both sealing threads may fail at once (ENOSPC),
+    which reaches us as an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return next(filter(None, map(error_code, exc.exceptions)), None)
+    return getattr(exc, "errno", None)
+
+
 class Flusher:
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
@@ -71,7 +79,7 @@ class Flusher:
         return self.submit(batch) if batch is not None else self._taken
 
     def _failure_error(self) -> OSError:
-        code = getattr(self.failure, "errno", None) or errno.EIO
+        code = error_code(self.failure) or errno.EIO
         return OSError(code, f"flushing to the store failed: {self.failure}")
 
     async def wait_committed(self, sequence: int) -> None:
@@ -174,7 +182,7 @@ class Flusher:
         """Bound how long data sits only in memory, and how long a commit waits for the disk."""
         while True:
             await trio.sleep(interval)
-            if self.tree.dirty_blocks or self.tree.dirty_attrs:
+            if self.tree.has_dirty:
                 await self.flush(durable=True)
             else:
                 await self._sync_store()

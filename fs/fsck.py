@@ -134,6 +134,8 @@ def check_trees(store: Store, report: FsckReport, repair: bool, hits: dict[bytes
         tree = Tree(store, branch_id, epoch)
         report.trees_checked += 1
         _walk_checking(tree, ROOT_INODE, b"", name, report, repair and epoch is None, damaged_inodes)
+        if tree.has_dirty:
+            tree.flush()
 
 
 def _walk_checking(tree: Tree, ino: int, prefix: bytes, view_name: str, report: FsckReport, repair: bool,
@@ -146,7 +148,7 @@ def _walk_checking(tree: Tree, ino: int, prefix: bytes, view_name: str, report: 
             attrs = tree.getattr(child)
         except OSError:
             if repair:
-                tree.store.index.write(lambda txn: tree._set_entry(txn, ino, name, None))
+                tree.drop_entry(ino, name)
                 report.repaired.append(f"{view_name}: removed the entry {shown}, whose inode {child} was gone")
             else:
                 report.damage.append(f"{view_name}: {shown} points at inode {child}, which does not exist")

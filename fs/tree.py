@@ -5,8 +5,9 @@ A ``Tree`` is either the live head of a branch (writable) or a branch at a fixed
 thread, so each one is atomic with respect to the others without any lock.
 
 File data is cut into fixed blocks of ``BLOCK_SIZE`` bytes. Writes land in dirty block
-buffers in memory; ``take_batch`` detaches them (with the attributes of the inodes they
-change) as a ``Batch`` tagged with the epoch they belong to, ``seal_blocks`` hashes and
+buffers in memory, and so does every namespace change (attributes, directory entries,
+truncation, deletion): no request commits to LMDB, whose commits are fsynced (cowfs.fs.index).
+``take_batch`` detaches all of it as a ``Batch`` tagged with the epoch it belongs to, ``seal_blocks`` hashes and
 compresses it and appends new chunks to a pack (safe in a thread), and ``commit_batch``
 indexes the chunks and writes the records in one LMDB transaction. docs/write-path.md
 states the rules that keep reads, metadata changes and snapshots correct while a batch is
@@ -44,8 +45,10 @@ class Batch:
     """Dirty state detached for flushing; it belongs to ``epoch`` whatever happens meanwhile."""
 
     epoch: int
-    blocks: dict[BlockKey, bytearray]
-    attrs: dict[int, InodeAttrs]
+    blocks: dict[BlockKey, bytearray | None]  # None: a hole from here on (truncated)
+    attrs: dict[int, InodeAttrs | None]  # None: the inode was deleted
+    entries: dict[int, dict[bytes, int | None]] = field(default_factory=dict)  # dir -> name -> inode
+    orphans: dict[int, bool] = field(default_factory=dict)  # inode -> has no name (True) / settled
     snapshot_id: int | None = None
     inodes: set[int] = field(default_factory=set)
     # Truncation and deletion at the head never wait for a batch in flight; they mark it:
@@ -61,7 +64,7 @@ class Batch:
     def nbytes(self) -> int:
         """Bytes held; fixed once taken (the flusher's back-pressure counts it often)."""
         if self._nbytes is None:
-            self._nbytes = sum(len(buf) for buf in self.blocks.values())
+            self._nbytes = sum(len(buf) for buf in self.blocks.values() if buf is not None)
         return self._nbytes
 
 
@@ -83,10 +86,12 @@ def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray]) -> SealedBlocks
     return SealedBlocks(chunks, store.write_chunks(c for c in chunks.values() if c is not None))
 
 
-def seal_block(buf: bytearray) -> SealedChunk | None:
-    """A chunk for the block, or None for a block of zeros (stored as a hole).
+def seal_block(buf: bytearray | None) -> SealedChunk | None:
+    """A chunk for the block, or None for a block of zeros or a truncated one (stored as a hole).
 
     Zeros are recognised by their hash, which sealing computes anyway: no extra pass."""
+    if buf is None:
+        return None
     digest = digest_of(buf)
     if digest == zero_digest(len(buf)):
         return None
@@ -96,6 +101,13 @@ def seal_block(buf: bytearray) -> SealedChunk | None:
 @functools.lru_cache(maxsize=64)
 def zero_digest(length: int) -> bytes:
     return digest_of(bytes(length))
+
+
+class _Unknown:
+    """What the in-memory layers say of a record they do not hold: ask the index."""
+
+
+UNKNOWN = _Unknown()
 
 
 def _now() -> int:
@@ -116,8 +128,10 @@ class Tree:
         self.readonly = epoch is not None or store.readonly
         with store.index.reading() as txn:
             self.view = store.view(txn, branch_id, epoch)
-        self.dirty_blocks: dict[BlockKey, bytearray] = {}
-        self.dirty_attrs: dict[int, InodeAttrs] = {}
+        self.dirty_blocks: dict[BlockKey, bytearray | None] = {}
+        self.dirty_attrs: dict[int, InodeAttrs | None] = {}
+        self.dirty_entries: dict[int, dict[bytes, int | None]] = {}
+        self.dirty_orphans: dict[int, bool] = {}
         self.dirty_bytes = 0
         self.inflight: list[Batch] = []
         self._inode_pool: Iterator[int] = iter(())
@@ -144,47 +158,72 @@ class Tree:
         raw = versions.get(txn, self._db_inodes, self.view, ino, b"")
         return InodeAttrs.decode(raw) if raw is not None else None
 
+    def _pending_attrs(self, ino: int) -> InodeAttrs | None | _Unknown:
+        if ino in self.dirty_attrs:
+            return self.dirty_attrs[ino]
+        for batch in reversed(self.inflight):
+            if ino in batch.gone_inodes:
+                return None
+            if ino in batch.attrs:
+                return batch.attrs[ino]
+        return UNKNOWN
+
     def _attrs(self, txn: lmdb.Transaction, ino: int) -> InodeAttrs:
-        attrs = self.dirty_attrs.get(ino)
-        if attrs is None:
-            for batch in reversed(self.inflight):
-                if ino in batch.gone_inodes:
-                    break
-                attrs = batch.attrs.get(ino)
-                if attrs is not None:
-                    break
-            else:
-                attrs = self._stored_attrs(txn, ino)
+        attrs = self._pending_attrs(ino)
+        if attrs is UNKNOWN:
+            attrs = self._stored_attrs(txn, ino)
         if attrs is None:
             raise FsError(errno.ENOENT)
         return attrs
 
-    def _set_attrs(self, txn: lmdb.Transaction, ino: int, attrs: InodeAttrs) -> None:
+    def _set_attrs(self, ino: int, attrs: InodeAttrs | None) -> None:
         self.changed_inodes.add(ino)
-        # An inode with unflushed data keeps its attributes in memory until its batch commits,
-        # so that an older batch can never overwrite newer attributes (docs/write-path.md).
-        if ino in self.dirty_attrs or self.is_inflight(ino):
-            self.dirty_attrs[ino] = attrs
-        else:
-            versions.put(txn, self._db_inodes, self.branch_id, self.head, ino, b"", attrs.encode())
+        self.dirty_attrs[ino] = attrs
 
     def getattr(self, ino: int) -> InodeAttrs:
-        if ino in self.dirty_attrs:
-            return self.dirty_attrs[ino]
+        attrs = self.dirty_attrs.get(ino)
+        if attrs is not None:
+            return attrs
         with self.store.index.reading() as txn:
             return self._attrs(txn, ino)
 
-    def is_inflight(self, ino: int) -> bool:
-        return any(ino in batch.inodes for batch in self.inflight)
+    @property
+    def has_dirty(self) -> bool:
+        return bool(self.dirty_blocks or self.dirty_attrs or self.dirty_entries or self.dirty_orphans)
 
     # -- directories -------------------------------------------------------------------------
+    def _entry_layers(self, parent: int) -> list[dict[bytes, int | None]]:
+        """The uncommitted entries of a directory, oldest first."""
+        layers = [batch.entries[parent] for batch in self.inflight if parent in batch.entries]
+        if parent in self.dirty_entries:
+            layers.append(self.dirty_entries[parent])
+        return layers
+
     def _entry(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+        for layer in reversed(self._entry_layers(parent)):
+            if name in layer:
+                return layer[name]
         raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
         return U64.unpack(raw)[0] if raw is not None else None
 
-    def _set_entry(self, txn: lmdb.Transaction, parent: int, name: bytes, ino: int | None) -> None:
-        versions.put(txn, self._db_dirents, self.branch_id, self.head, parent, entry_name(name),
-                     None if ino is None else U64.pack(ino))
+    def _entries(self, txn: lmdb.Transaction, parent: int) -> dict[bytes, int]:
+        entries = {name_of_entry(name): U64.unpack(raw)[0]
+                   for name, raw in versions.scan(txn, self._db_dirents, self.view, parent).items()}
+        for layer in self._entry_layers(parent):
+            for name, ino in layer.items():
+                if ino is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = ino
+        return entries
+
+    def _set_entry(self, parent: int, name: bytes, ino: int | None) -> None:
+        self.dirty_entries.setdefault(parent, {})[name] = ino
+
+    def drop_entry(self, parent: int, name: bytes) -> None:
+        """Remove a name whose inode is gone (fsck's repair): nothing else is touched."""
+        self._writable()
+        self._set_entry(parent, name, None)
 
     def _dir_attrs(self, txn: lmdb.Transaction, ino: int) -> InodeAttrs:
         attrs = self._attrs(txn, ino)
@@ -203,11 +242,15 @@ class Tree:
     def listdir(self, ino: int) -> list[tuple[bytes, int]]:
         with self.store.index.reading() as txn:
             self._dir_attrs(txn, ino)
-            entries = versions.scan(txn, self._db_dirents, self.view, ino)
-        return sorted((name_of_entry(name), U64.unpack(raw)[0]) for name, raw in entries.items())
+            return sorted(self._entries(txn, ino).items())
 
     def _is_empty_dir(self, txn: lmdb.Transaction, ino: int) -> bool:
-        return not versions.has_any(txn, self._db_dirents, self.view, ino)
+        layers = self._entry_layers(ino)
+        if any(child is not None for layer in layers for child in layer.values()):
+            return False
+        if not layers:  # stops at the first live entry instead of listing the directory
+            return not versions.has_any(txn, self._db_dirents, self.view, ino)
+        return not self._entries(txn, ino)
 
     # -- changing the namespace --------------------------------------------------------------
     def _writable(self) -> None:
@@ -226,11 +269,11 @@ class Tree:
     def _touch_dir(self, txn: lmdb.Transaction, ino: int, nlink_delta: int = 0, now: int | None = None) -> None:
         attrs = self._attrs(txn, ino)
         now = now or _now()
-        self._set_attrs(txn, ino, attrs.changed(mtime_ns=now, ctime_ns=now, nlink=attrs.nlink + nlink_delta))
+        self._set_attrs(ino, attrs.changed(mtime_ns=now, ctime_ns=now, nlink=attrs.nlink + nlink_delta))
 
     def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
                target: bytes = b"") -> tuple[int, InodeAttrs]:
-        """Create a file, directory, symlink or device node: one transaction."""
+        """Create a file, directory, symlink or device node (in memory until the next flush)."""
         self._writable()
         _check_name(name)
         ino = self._new_inode()
@@ -238,23 +281,20 @@ class Tree:
         is_dir = stat.S_ISDIR(mode)
         attrs = InodeAttrs(mode, uid, gid, 2 if is_dir else 1, len(target), now, now, now, rdev, target)
 
-        def change(txn: lmdb.Transaction) -> None:
+        with self.store.index.reading() as txn:
             self._dir_attrs(txn, parent)
             if self._entry(txn, parent, name) is not None:
                 raise FsError(errno.EEXIST)
-            versions.put(txn, self._db_inodes, self.branch_id, self.head, ino, b"", attrs.encode())
-            self.changed_inodes.add(ino)
-            self._set_entry(txn, parent, name, ino)
+            self._set_attrs(ino, attrs)
+            self._set_entry(parent, name, ino)
             self._touch_dir(txn, parent, 1 if is_dir else 0, now)
-
-        self.store.index.write(change)
         return ino, attrs
 
     def link(self, ino: int, parent: int, name: bytes) -> InodeAttrs:
         self._writable()
         _check_name(name)
 
-        def change(txn: lmdb.Transaction) -> InodeAttrs:
+        with self.store.index.reading() as txn:
             attrs = self._attrs(txn, ino)
             if attrs.is_dir:
                 raise FsError(errno.EPERM)
@@ -263,26 +303,24 @@ class Tree:
                 raise FsError(errno.EEXIST)
             now = _now()
             attrs = attrs.changed(nlink=attrs.nlink + 1, ctime_ns=now)
-            self._set_attrs(txn, ino, attrs)
-            self._set_entry(txn, parent, name, ino)
+            self._set_attrs(ino, attrs)
+            self._set_entry(parent, name, ino)
             self._touch_dir(txn, parent, 0, now)
             return attrs
 
-        return self.store.index.write(change)
-
-    def _drop_link(self, txn: lmdb.Transaction, ino: int, attrs: InodeAttrs, now: int) -> InodeAttrs:
+    def _drop_link(self, ino: int, attrs: InodeAttrs, now: int) -> InodeAttrs:
         nlink = 0 if attrs.is_dir else attrs.nlink - 1
         attrs = attrs.changed(nlink=nlink, ctime_ns=now)
-        self._set_attrs(txn, ino, attrs)
+        self._set_attrs(ino, attrs)
         if nlink == 0:
-            txn.put(BRANCH_OWNER.pack(self.branch_id, ino), b"", db=self._db_orphans)
+            self.dirty_orphans[ino] = True
         return attrs
 
     def unlink(self, parent: int, name: bytes, *, directory: bool = False) -> tuple[int, InodeAttrs]:
         """Remove one name; returns the inode and its attributes after (nlink 0: no names left)."""
         self._writable()
 
-        def change(txn: lmdb.Transaction) -> tuple[int, InodeAttrs]:
+        with self.store.index.reading() as txn:
             self._dir_attrs(txn, parent)
             ino = self._entry(txn, parent, name)
             if ino is None:
@@ -295,11 +333,9 @@ class Tree:
             if directory and not self._is_empty_dir(txn, ino):
                 raise FsError(errno.ENOTEMPTY)
             now = _now()
-            self._set_entry(txn, parent, name, None)
+            self._set_entry(parent, name, None)
             self._touch_dir(txn, parent, -1 if directory else 0, now)
-            return ino, self._drop_link(txn, ino, attrs, now)
-
-        return self.store.index.write(change)
+            return ino, self._drop_link(ino, attrs, now)
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                flags: int = 0) -> tuple[int, InodeAttrs] | None:
@@ -307,7 +343,7 @@ class Tree:
         self._writable()
         _check_name(new_name)
 
-        def change(txn: lmdb.Transaction) -> tuple[int, InodeAttrs] | None:
+        with self.store.index.reading() as txn:
             self._dir_attrs(txn, old_parent)
             self._dir_attrs(txn, new_parent)
             moved = self._entry(txn, old_parent, old_name)
@@ -333,8 +369,8 @@ class Tree:
                     raise FsError(errno.EISDIR)
                 if replaced_attrs.is_dir and not self._is_empty_dir(txn, replaced):
                     raise FsError(errno.ENOTEMPTY)
-            self._set_entry(txn, new_parent, new_name, moved)
-            self._set_entry(txn, old_parent, old_name, None)
+            self._set_entry(new_parent, new_name, moved)
+            self._set_entry(old_parent, old_name, None)
             moved_dir = 1 if moved_attrs.is_dir else 0
             replaced_dir = 1 if replaced_attrs is not None and replaced_attrs.is_dir else 0
             if old_parent == new_parent:
@@ -342,45 +378,37 @@ class Tree:
             else:
                 self._touch_dir(txn, old_parent, -moved_dir, now)
                 self._touch_dir(txn, new_parent, moved_dir - replaced_dir, now)
-            self._set_attrs(txn, moved, moved_attrs.changed(ctime_ns=now))
+            self._set_attrs(moved, moved_attrs.changed(ctime_ns=now))
             if replaced is None or replaced_attrs is None:
                 return None
-            return replaced, self._drop_link(txn, replaced, replaced_attrs, now)
-
-        return self.store.index.write(change)
+            return replaced, self._drop_link(replaced, replaced_attrs, now)
 
     def _exchange(self, txn: lmdb.Transaction, parent_a: int, name_a: bytes, ino_a: int, attrs_a: InodeAttrs,
                   parent_b: int, name_b: bytes, ino_b: int, now: int) -> None:
         attrs_b = self._attrs(txn, ino_b)
-        self._set_entry(txn, parent_a, name_a, ino_b)
-        self._set_entry(txn, parent_b, name_b, ino_a)
+        self._set_entry(parent_a, name_a, ino_b)
+        self._set_entry(parent_b, name_b, ino_a)
         if parent_a != parent_b:
             delta = (1 if attrs_b.is_dir else 0) - (1 if attrs_a.is_dir else 0)
             self._touch_dir(txn, parent_a, delta, now)
             self._touch_dir(txn, parent_b, -delta, now)
         else:
             self._touch_dir(txn, parent_a, 0, now)
-        self._set_attrs(txn, ino_a, attrs_a.changed(ctime_ns=now))
-        self._set_attrs(txn, ino_b, attrs_b.changed(ctime_ns=now))
+        self._set_attrs(ino_a, attrs_a.changed(ctime_ns=now))
+        self._set_attrs(ino_b, attrs_b.changed(ctime_ns=now))
 
     def delete_inode(self, ino: int) -> None:
         """Forget an inode that has no names and no open users; its old versions stay for snapshots."""
         self._writable()
         for key in [key for key in self.dirty_blocks if key[0] == ino]:
-            self.dirty_bytes -= len(self.dirty_blocks.pop(key))
-        self.dirty_attrs.pop(ino, None)
+            self._drop_dirty_block(key)
         self._forget_in_flight(ino, 0)
         for batch in self.inflight:
             batch.gone_inodes.add(ino)
             if batch.epoch == self.head:
                 batch.attrs.pop(ino, None)  # same epoch: it must not come back after the tombstone
-        self.changed_inodes.add(ino)
-
-        def change(txn: lmdb.Transaction) -> None:
-            versions.put(txn, self._db_inodes, self.branch_id, self.head, ino, b"", None)
-            txn.delete(BRANCH_OWNER.pack(self.branch_id, ino), db=self._db_orphans)
-
-        self.store.index.write(change)
+        self._set_attrs(ino, None)
+        self.dirty_orphans[ino] = False
 
     def sweep_orphans(self) -> int:
         """Delete inodes left without names by a daemon that died while they were open.
@@ -423,10 +451,11 @@ class Tree:
                 if mtime_ns is None:
                     changes["mtime_ns"] = now
             new = attrs.changed(**changes)
-            self._set_attrs(txn, ino, new)
+            self._set_attrs(ino, new)
             return new
 
-        return self.store.index.write(change)
+        with self.store.index.reading() as txn:
+            return change(txn)
 
     def _forget_in_flight(self, ino: int, first_gone: int) -> set[int]:
         """Blocks from ``first_gone`` on stop existing at the head, also those still in flight.
@@ -452,12 +481,13 @@ class Tree:
             if len(buf) > tail:
                 self.dirty_bytes -= len(buf) - tail
                 del buf[tail:]
-        for key in [key for key in self.dirty_blocks if key[0] == ino and key[1] >= first_gone]:
-            self.dirty_bytes -= len(self.dirty_blocks.pop(key))
-        names = set(versions.scan(txn, self._db_blocks, self.view, ino, start=block_name(first_gone)))
-        names.update(block_name(index) for index in self._forget_in_flight(ino, first_gone))
-        for name in names:
-            versions.put(txn, self._db_blocks, self.branch_id, self.head, ino, name, None)
+        gone = {U64.unpack(name)[0] for name in versions.scan(txn, self._db_blocks, self.view, ino,
+                                                                start=block_name(first_gone))}
+        gone.update(self._forget_in_flight(ino, first_gone))
+        gone.update(index for i, index in self.dirty_blocks if i == ino and index >= first_gone)
+        for index in gone:
+            self._drop_dirty_block((ino, index))
+            self.dirty_blocks[(ino, index)] = None  # a hole at the head, committed with the batch
 
     def readlink(self, ino: int) -> bytes:
         attrs = self.getattr(ino)
@@ -468,27 +498,30 @@ class Tree:
     # -- file data ---------------------------------------------------------------------------
     def _block(self, txn: lmdb.Transaction, ino: int, index: int) -> bytes | bytearray | None:
         key = (ino, index)
-        buf = self.dirty_blocks.get(key)
-        if buf is not None:
-            return buf
+        if key in self.dirty_blocks:
+            return self.dirty_blocks[key]
         for batch in reversed(self.inflight):
             if key in batch.dropped or key in batch.hidden:
                 break  # truncated or deleted at the head after this batch was taken
-            buf = batch.blocks.get(key)
-            if buf is not None:
-                return buf
+            if key in batch.blocks:
+                return batch.blocks[key]
         digest = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
         return None if digest is None else self.store.read_chunk(txn, digest)
 
     def _dirty_block(self, txn: lmdb.Transaction, ino: int, index: int, whole: bool) -> bytearray:
         key = (ino, index)
         buf = self.dirty_blocks.get(key)
-        if buf is None:
+        if buf is None:  # not dirty yet, or truncated away (then _block gives the hole)
             base = None if whole else self._block(txn, ino, index)
             buf = bytearray(base) if base else bytearray()
             self.dirty_blocks[key] = buf
             self.dirty_bytes += len(buf)
         return buf
+
+    def _drop_dirty_block(self, key: BlockKey) -> None:
+        buf = self.dirty_blocks.pop(key, None)
+        if buf is not None:
+            self.dirty_bytes -= len(buf)
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self.store.index.reading() as txn:
@@ -557,17 +590,19 @@ class Tree:
             if value is None and versions.get(txn, self._db_xattrs, self.view, ino, entry_name(name)) is None:
                 raise FsError(errno.ENODATA)
             versions.put(txn, self._db_xattrs, self.branch_id, self.head, ino, entry_name(name), value)
-            self._set_attrs(txn, ino, attrs.changed(ctime_ns=_now()))
+            self._set_attrs(ino, attrs.changed(ctime_ns=_now()))
 
         self.store.index.write(change)
 
     # -- flushing and snapshots ----------------------------------------------------------------
     def take_batch(self, snapshot_id: int | None = None) -> Batch | None:
         """Detach the dirty state (O(1): the dicts change hands) as a batch of the head epoch."""
-        if not self.dirty_blocks and not self.dirty_attrs and snapshot_id is None:
+        if not self.has_dirty and snapshot_id is None:
             return None
-        batch = Batch(self.head, self.dirty_blocks, self.dirty_attrs, snapshot_id)
+        batch = Batch(self.head, self.dirty_blocks, self.dirty_attrs, self.dirty_entries, self.dirty_orphans,
+                      snapshot_id)
         self.dirty_blocks, self.dirty_attrs, self.dirty_bytes = {}, {}, 0
+        self.dirty_entries, self.dirty_orphans = {}, {}
         self.inflight.append(batch)
         return batch
 
@@ -590,7 +625,18 @@ class Tree:
                 versions.put(txn, self._db_blocks, self.branch_id, batch.epoch, ino, block_name(index),
                              None if chunk is None else chunk.digest)
             for ino, attrs in batch.attrs.items():
-                versions.put(txn, self._db_inodes, self.branch_id, batch.epoch, ino, b"", attrs.encode())
+                versions.put(txn, self._db_inodes, self.branch_id, batch.epoch, ino, b"",
+                             None if attrs is None else attrs.encode())
+            for parent, names in batch.entries.items():
+                for name, child in names.items():
+                    versions.put(txn, self._db_dirents, self.branch_id, batch.epoch, parent, entry_name(name),
+                                 None if child is None else U64.pack(child))
+            for ino, orphaned in batch.orphans.items():
+                key = BRANCH_OWNER.pack(self.branch_id, ino)
+                if orphaned:
+                    txn.put(key, b"", db=self._db_orphans)
+                else:
+                    txn.delete(key, db=self._db_orphans)
             # Space is charged to the snapshot that closed the batch's epoch, or to the open one.
             owner = self._snapshot_at_epoch.get(batch.epoch)
             if owner is not None:
