@@ -4,9 +4,9 @@
 
 E. Ten versions of a CSV written by pandas (about 1% of rows changed and some rows inserted
    each time) and ten pickle.dump()s of a slowly changing object: bytes stored per version by
-   cowfs, borg and git (after `git gc`), against the raw size.
+   cowfs, borg, dvc (its cache) and git (after `git gc`), against the raw size.
 P. Time to record one version of the same workspace: `cowfs snap`, `git add -A && git commit`,
-   `borg create`, and a btrfs snapshot on a loop device.
+   `dvc add` + `git commit`, `borg create`, and a btrfs snapshot on a loop device.
 G. Daemon peak RSS while writing --files files (2 GiB in all by default) and taking
    --snapshots snapshots; index bytes per file and per snapshot with nothing changed.
 Needs root, /dev/fuse and bench/setup.sh.
@@ -31,6 +31,31 @@ sys.path.insert(0, str(REPO / "bench"))
 from run import target, timed  # noqa: E402
 
 from cowfs.cli.client import request, snapshot  # noqa: E402
+
+
+DVC = REPO / ".venv-dvc" / "bin" / "dvc"  # bench/setup.sh installs it apart from cowfs's venv
+
+
+def git_commit(work: Path, *paths: str, message: str = "v") -> None:
+    git = ["git", "-C", str(work), "-c", "user.email=b@e", "-c", "user.name=b"]
+    subprocess.run(git + ["add", *(paths or ["-A"])], check=True)
+    subprocess.run(git + ["commit", "-qm", message], check=True)
+
+
+def dvc_add(work: Path, target: str) -> None:
+    """What a DVC user does to record a version: `dvc add`, then commit the pointer file."""
+    subprocess.run([str(DVC), "add", "-q", target], cwd=work, check=True, capture_output=True)
+    git_commit(work, f"{target}.dvc", ".gitignore")
+
+
+def dvc_repo(work: Path) -> bool:
+    """A git repository with DVC initialised, or False when DVC is not installed."""
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    if not DVC.exists():
+        return False
+    subprocess.run([str(DVC), "init", "-q"], cwd=work, check=True, capture_output=True)
+    subprocess.run([str(DVC), "config", "core.autostage", "false"], cwd=work, check=True, capture_output=True)
+    return True
 
 
 def du(path: Path) -> int:
@@ -88,22 +113,29 @@ def space(args: argparse.Namespace, scratch: Path) -> dict:
             env = {**os.environ, "BORG_PASSPHRASE": "", "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
             subprocess.run(["borg", "init", "-e", "none", str(borg_repo)], check=True, env=env, capture_output=True)
             subprocess.run(["git", "init", "-q", str(work)], check=True)
+            dvc_work = Path(tempfile.mkdtemp(dir=scratch))
+            has_dvc = dvc_repo(dvc_work)
             raw = 0
             for version, size in enumerate(make(mnt)):
                 raw += size
                 snapshot(mnt, f"v{version}", wait=True)
-                shutil.copy2(next(p for p in mnt.iterdir() if p.is_file()), work)
+                written = next(p for p in mnt.iterdir() if p.is_file())
+                shutil.copy2(written, work)
                 subprocess.run(["borg", "create", f"{borg_repo}::v{version}", "."], cwd=work, check=True, env=env,
                                capture_output=True)
-                git = ["git", "-C", str(work), "-c", "user.email=b@e", "-c", "user.name=b"]
-                subprocess.run(git + ["add", "-A"], check=True)
-                subprocess.run(git + ["commit", "-qm", f"v{version}"], check=True)
+                git_commit(work, message=f"v{version}")
+                if has_dvc:
+                    shutil.copy2(written, dvc_work)
+                    dvc_add(dvc_work, written.name)
             subprocess.run(["git", "-C", str(work), "gc", "-q", "--aggressive"], check=True)
             results[name] = {"raw bytes per version": raw // args.versions,
                              "cowfs bytes per version": store_bytes(store) // args.versions,
                              "borg bytes per version": du(borg_repo) // args.versions,
+                             "dvc cache bytes per version": (du(dvc_work / ".dvc" / "cache") // args.versions
+                                                             if has_dvc else "not installed (bench/setup.sh)"),
                              "git (after gc) bytes per version": du(work / ".git") // args.versions}
             shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(dvc_work, ignore_errors=True)
             shutil.rmtree(borg_repo, ignore_errors=True)
     return results
 
@@ -111,6 +143,7 @@ def space(args: argparse.Namespace, scratch: Path) -> dict:
 def peers(scratch: Path, files: int) -> dict:
     """Record one version of a workspace of ``files`` small files plus 256 MiB of data."""
     def populate(root: Path) -> None:
+        root.mkdir(exist_ok=True)
         for i in range(files):
             directory = root / f"d{i % 100}"
             directory.mkdir(exist_ok=True)
@@ -124,10 +157,15 @@ def peers(scratch: Path, files: int) -> dict:
         out["cowfs snap (taken)"] = timed(lambda: snapshot(mnt, "v2"))
     work = Path(tempfile.mkdtemp(dir=scratch))
     populate(work)
-    git = ["git", "-C", str(work), "-c", "user.email=b@e", "-c", "user.name=b"]
     subprocess.run(["git", "init", "-q", str(work)], check=True)
-    out["git add -A && git commit"] = timed(lambda: (subprocess.run(git + ["add", "-A"], check=True),
-                                                     subprocess.run(git + ["commit", "-qm", "v"], check=True)))
+    out["git add -A && git commit"] = timed(lambda: git_commit(work))
+    dvc_work = Path(tempfile.mkdtemp(dir=scratch))
+    if dvc_repo(dvc_work):
+        populate(dvc_work / "data")
+        out["dvc add + git commit"] = timed(lambda: dvc_add(dvc_work, "data"))
+    else:
+        out["dvc add + git commit"] = "not installed (bench/setup.sh)"
+    shutil.rmtree(dvc_work, ignore_errors=True)
     env = {**os.environ, "BORG_PASSPHRASE": "", "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
     repo = scratch / "borg-peers"
     subprocess.run(["borg", "init", "-e", "none", str(repo)], check=True, env=env, capture_output=True)
@@ -209,7 +247,8 @@ def main() -> int:
         print(f"| {section} | value |\n|---|---|")
         for key, value in rows.items():
             if isinstance(value, dict):
-                print(f"| {key} | " + ", ".join(f"{k}: {v:,}" for k, v in value.items()) + " |")
+                print(f"| {key} | " + ", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}"
+                                                for k, v in value.items()) + " |")
             else:
                 print(f"| {key} | {value:,.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
         print()
