@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import pyfuse3
 
 from cowfs.daemon.flusher import Flusher
-from cowfs.fs.errors import CorruptChunkError
+from cowfs.fs.errors import CorruptChunkError, FsError
 from cowfs.fs.records import InodeAttrs
 from cowfs.fs.tree import BLOCK_SIZE, Tree
 
@@ -232,7 +232,8 @@ class CowOperations(pyfuse3.Operations):
     # -- directories ---------------------------------------------------------------------------------
     @translate_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        self.tree.listdir(inode)  # ENOTDIR / ENOENT now rather than at the first readdir
+        if not self.tree.getattr(inode).is_dir:  # ENOTDIR / ENOENT now, not at the first readdir
+            raise FsError(errno.ENOTDIR)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
         self._open_dirs[handle] = (inode, [])
