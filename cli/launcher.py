@@ -16,10 +16,12 @@ READY_TIMEOUT = 60.0
 
 
 def start_daemon(store: Path, branch: str, mountpoint: Path, *, allow_other: bool = False,
-                 foreground: bool = False, debug: bool = False) -> None:
+                 xattrs: bool = False, foreground: bool = False, debug: bool = False) -> None:
     command = [sys.executable, "-m", "cowfs.daemon", "--store", str(store), "--branch", branch]
     if allow_other:
         command.append("--allow-other")
+    if xattrs:
+        command.append("--xattrs")
     if debug:
         command.append("--debug")
     if foreground:

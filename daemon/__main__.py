@@ -29,6 +29,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--branch", required=True)
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--allow-other", action="store_true")
+    parser.add_argument("--xattrs", action="store_true")
     parser.add_argument("--foreground", action="store_true")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("mountpoint")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             tree.flush()
             log.info("deleted %d files that a previous daemon left open and nameless", swept)
         flusher = Flusher(tree)
-        operations = CowOperations(tree, flusher)
+        operations = CowOperations(tree, flusher, xattrs=args.xattrs or tree.has_xattrs())
         # Everything that looks at the mount point happens before the mount: once mounted,
         # touching it from this thread would wait on our own FUSE loop, which is not running yet.
         socket_path = control_socket_path(mountpoint)

@@ -78,15 +78,23 @@ def entry_attributes(ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
 class CowOperations(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self, tree: Tree, flusher: Flusher) -> None:
+    def __init__(self, tree: Tree, flusher: Flusher, *, xattrs: bool = False) -> None:
         super().__init__()
         self.tree = tree
         self.flusher = flusher
+        # Serving getxattr at all costs a round trip per write() call: the kernel asks for
+        # security.capability before each one (FUSE never marks inodes S_NOSEC). Answering
+        # ENOSYS once makes the kernel stop asking, and every xattr call then says ENOTSUP.
+        self.xattrs = xattrs
         self.lookups: Counter[int] = Counter()
         self._open_dirs: dict[int, tuple[int, list[tuple[bytes, int]]]] = {}
         self._next_dir_handle = 1
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _require_xattrs(self) -> None:
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+
     def describe_inode(self, ino: int) -> str:
         """For error reports: which file (path found by a walk, only when something failed)."""
         path = next((p for p, child, _ in self.tree.walk() if child == ino), None)
@@ -267,18 +275,22 @@ class CowOperations(pyfuse3.Operations):
     # -- extended attributes -------------------------------------------------------------------------
     @translate_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        self._require_xattrs()
         return self.tree.getxattr(inode, name)
 
     @translate_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        self._require_xattrs()
         return self.tree.listxattr(inode)
 
     @translate_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._require_xattrs()
         self.tree.setxattr(inode, name, value)
 
     @translate_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._require_xattrs()
         self.tree.setxattr(inode, name, None)
 
     # -- the filesystem as a whole -------------------------------------------------------------------

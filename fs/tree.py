@@ -245,10 +245,12 @@ class Tree:
             return sorted(self._entries(txn, ino).items())
 
     def _is_empty_dir(self, txn: lmdb.Transaction, ino: int) -> bool:
-        layers = self._entry_layers(ino)
-        if any(child is not None for layer in layers for child in layer.values()):
+        pending: dict[bytes, int | None] = {}
+        for layer in self._entry_layers(ino):  # a newer layer's removal undoes an older creation
+            pending.update(layer)
+        if any(child is not None for child in pending.values()):
             return False
-        if not layers:  # stops at the first live entry instead of listing the directory
+        if not pending:  # stops at the first live entry instead of listing the directory
             return not versions.has_any(txn, self._db_dirents, self.view, ino)
         return not self._entries(txn, ino)
 
@@ -568,6 +570,17 @@ class Tree:
         return len(data)
 
     # -- xattrs ------------------------------------------------------------------------------
+    def has_xattrs(self) -> bool:
+        """Whether any extended attribute was ever set in this view (a daemon then keeps them
+        reachable even when the mount did not ask for xattr support)."""
+        with self.store.index.reading() as txn:
+            cursor = txn.cursor(db=self._db_xattrs)
+            for branch, _ in self.view:
+                prefix = U32.pack(branch)
+                if cursor.set_range(prefix) and cursor.key().startswith(prefix):
+                    return True
+        return False
+
     def getxattr(self, ino: int, name: bytes) -> bytes:
         with self.store.index.reading() as txn:
             self._attrs(txn, ino)

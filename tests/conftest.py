@@ -50,11 +50,12 @@ class Workspace:
     def cli(self, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
         return run_cli(*args, store=self.store, check=check, cwd=cwd)
 
-    def mount(self, *source: str, name: str = "mnt", branch: str | None = None) -> Path:
+    def mount(self, *source: str, name: str = "mnt", branch: str | None = None,
+              options: tuple[str, ...] = ()) -> Path:
         mountpoint = self.root / name
         mountpoint.mkdir(exist_ok=True)
         extra = ["--branch", branch] if branch else []
-        self.cli("mount", *source, str(mountpoint), *extra)
+        self.cli("mount", *source, str(mountpoint), *extra, *options)
         self.mounts.append(mountpoint)
         return mountpoint
 

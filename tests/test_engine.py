@@ -110,6 +110,24 @@ def test_truncate_and_delete_while_a_batch_is_in_flight(store: Store):
     assert Tree.at_snapshot(store, record).read(gone, 0, 2000) == b"x" * 1000
 
 
+def test_namespace_changes_while_a_batch_is_in_flight(store: Store):
+    """Entries created in a batch still in flight and removed since are gone: the directory
+    is empty (rm -rf must work), its listing says so, and committing later changes nothing."""
+    tree = Tree(store, 1)
+    folder, _ = tree.create(ROOT_INODE, b"d", stat.S_IFDIR | 0o755, 0, 0)
+    inner = new_file(tree, b"inner", b"x", parent=folder)
+    in_flight = tree.take_batch()
+    tree.unlink(folder, b"inner")
+    assert tree.listdir(folder) == []
+    tree.unlink(ROOT_INODE, b"d", directory=True)
+    tree.delete_inode(inner)
+    assert tree.listdir(ROOT_INODE) == []
+    tree.commit_batch(in_flight, tree.seal(in_flight))
+    assert tree.listdir(ROOT_INODE) == []
+    tree.flush()
+    assert Tree(store, 1).listdir(ROOT_INODE) == []
+
+
 def test_sparse_offsets_beyond_4_gib(store: Store):
     tree = Tree(store, 1)
     ino = new_file(tree, b"sparse")

@@ -137,16 +137,30 @@ def test_sparse_file_of_100_gib(mnt):
         assert handle.read() == b"mid"
 
 
-def test_xattrs(mnt):
+def test_xattrs_are_off_unless_asked_for(mnt):
+    path = mnt / "f"
+    path.write_text("x")
+    expect_errno(errno.ENOTSUP, os.setxattr, path, "user.origin", b"notebook")
+    expect_errno(errno.ENOTSUP, os.getxattr, path, "user.origin")
+    path.write_text("writes work as ever")
+    assert path.read_text() == "writes work as ever"
+
+
+def test_xattrs(workspace):
+    mnt = workspace.mount(options=("--xattrs",))
     path = mnt / "f"
     path.write_text("x")
     os.setxattr(path, "user.origin", b"notebook")
     os.setxattr(path, "user.empty", b"")
+    os.setxattr(path, "user.kept", b"1")
     assert os.getxattr(path, "user.origin") == b"notebook"
     assert os.getxattr(path, "user.empty") == b""
-    assert sorted(os.listxattr(path)) == ["user.empty", "user.origin"]
+    assert sorted(os.listxattr(path)) == ["user.empty", "user.kept", "user.origin"]
     os.removexattr(path, "user.origin")
     expect_errno(errno.ENODATA, os.getxattr, path, "user.origin")
+    workspace.umount(mnt)
+    mnt = workspace.mount()  # without --xattrs: a branch that holds some keeps them
+    assert os.getxattr(mnt / "f", "user.kept") == b"1"
 
 
 def test_mmap_write_and_read(mnt):
