@@ -19,6 +19,7 @@ import pyfuse3
 
 from cowfs.daemon.flusher import Flusher
 from cowfs.fs.errors import CorruptChunkError, FsError
+from cowfs.fs.listing import DirListing
 from cowfs.fs.records import InodeAttrs
 from cowfs.fs.tree import BLOCK_SIZE, Tree
 
@@ -87,7 +88,7 @@ class CowOperations(pyfuse3.Operations):
         # ENOSYS once makes the kernel stop asking, and every xattr call then says ENOTSUP.
         self.xattrs = xattrs
         self.lookups: Counter[int] = Counter()
-        self._open_dirs: dict[int, tuple[int, list[tuple[bytes, int]]]] = {}
+        self._open_dirs: dict[int, tuple[int, DirListing]] = {}
         self._next_dir_handle = 1
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ class CowOperations(pyfuse3.Operations):
             raise FsError(errno.ENOTDIR)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
-        self._open_dirs[handle] = (inode, [])
+        self._open_dirs[handle] = (inode, DirListing(()))
         return handle
 
     @translate_errors
@@ -253,7 +254,7 @@ class CowOperations(pyfuse3.Operations):
         # are seen exactly once while others come and go (POSIX leaves those two open).
         inode, listing = self._open_dirs[fh]
         if start_id == 0:
-            listing = self.tree.listdir(inode)
+            listing = self.tree.listing(inode)
             self._open_dirs[fh] = (inode, listing)
         for position in range(start_id, len(listing)):
             name, child = listing[position]

@@ -30,6 +30,7 @@ from cowfs.fs.chunks import SealedChunk, digest_of, seal
 from cowfs.fs.errors import FsError
 from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
+from cowfs.fs.listing import DirListing
 from cowfs.fs.records import ChunkLocation, InodeAttrs, SnapshotRecord
 from cowfs.fs.store import ROOT_INODE, Store
 
@@ -206,16 +207,31 @@ class Tree:
         raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
         return U64.unpack(raw)[0] if raw is not None else None
 
-    def _entries(self, txn: lmdb.Transaction, parent: int) -> dict[bytes, int]:
-        entries = {name_of_entry(name): U64.unpack(raw)[0]
-                   for name, raw in versions.scan(txn, self._db_dirents, self.view, parent).items()}
-        for layer in self._entry_layers(parent):
-            for name, ino in layer.items():
-                if ino is None:
-                    entries.pop(name, None)
-                else:
-                    entries[name] = ino
-        return entries
+    def _pending_entries(self, parent: int) -> dict[bytes, int | None]:
+        pending: dict[bytes, int | None] = {}
+        for layer in self._entry_layers(parent):  # a newer layer's removal undoes an older creation
+            pending.update(layer)
+        return pending
+
+    def _iter_entries(self, txn: lmdb.Transaction, parent: int) -> Iterator[tuple[bytes, int]]:
+        """The directory's (name, inode) pairs in name order: the index's, streamed, with the
+        uncommitted changes merged in."""
+        pending = sorted(self._pending_entries(parent).items())
+        stored = ((name_of_entry(name), U64.unpack(raw)[0])
+                  for name, raw in versions.iter_scan(txn, self._db_dirents, self.view, parent))
+        position = 0
+        for name, ino in stored:
+            while position < len(pending) and pending[position][0] < name:
+                if pending[position][1] is not None:
+                    yield pending[position]
+                position += 1
+            if position < len(pending) and pending[position][0] == name:
+                if pending[position][1] is not None:
+                    yield pending[position]
+                position += 1
+            else:
+                yield name, ino
+        yield from (entry for entry in pending[position:] if entry[1] is not None)
 
     def _set_entry(self, parent: int, name: bytes, ino: int | None) -> None:
         self.dirty_entries.setdefault(parent, {})[name] = ino
@@ -242,17 +258,16 @@ class Tree:
     def listdir(self, ino: int) -> list[tuple[bytes, int]]:
         with self.store.index.reading() as txn:
             self._dir_attrs(txn, ino)
-            return sorted(self._entries(txn, ino).items())
+            return list(self._iter_entries(txn, ino))
+
+    def listing(self, ino: int) -> DirListing:
+        """``listdir`` packed, for the daemon to hold while a directory is read."""
+        with self.store.index.reading() as txn:
+            self._dir_attrs(txn, ino)
+            return DirListing(self._iter_entries(txn, ino))
 
     def _is_empty_dir(self, txn: lmdb.Transaction, ino: int) -> bool:
-        pending: dict[bytes, int | None] = {}
-        for layer in self._entry_layers(ino):  # a newer layer's removal undoes an older creation
-            pending.update(layer)
-        if any(child is not None for child in pending.values()):
-            return False
-        if not pending:  # stops at the first live entry instead of listing the directory
-            return not versions.has_any(txn, self._db_dirents, self.view, ino)
-        return not self._entries(txn, ino)
+        return next(self._iter_entries(txn, ino), None) is None
 
     # -- changing the namespace --------------------------------------------------------------
     def _writable(self) -> None:

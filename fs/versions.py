@@ -9,6 +9,7 @@ newer versions.
 
 from __future__ import annotations
 
+import heapq
 from typing import Iterator
 
 import lmdb
@@ -38,17 +39,31 @@ def put(txn: lmdb.Transaction, db, branch: int, epoch: int, owner: int, name: by
             db=db)
 
 
+def iter_scan(txn: lmdb.Transaction, db, view: View, owner: int, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+    """Every live name the view sees under ``owner`` (from ``start`` on), in name order, with its
+    value; streamed, so a directory of a million entries is never held in memory at once.
+
+    The records of each link of the view are merged by (name, link): for each name the first
+    record is the one that decides, because a descendant link comes before its ancestors and,
+    within a link, versions come newest first (only those at or below the link's epoch count)."""
+    def link_records(position: int, branch: int, epoch: int) -> Iterator[tuple[bytes, int, int, bytes]]:
+        for sequence, (name, record_epoch, value) in enumerate(_records(txn, db, owner_prefix(branch, owner),
+                                                                         start)):
+            if record_epoch <= epoch:
+                yield name, position, sequence, value
+
+    decided = None
+    for name, _, _, value in heapq.merge(*(link_records(i, b, e) for i, (b, e) in enumerate(view))):
+        if name == decided:
+            continue
+        decided = name
+        if value:
+            yield name, value[1:]
+
+
 def scan(txn: lmdb.Transaction, db, view: View, owner: int, start: bytes = b"") -> dict[bytes, bytes]:
-    """Every live name the view sees under ``owner`` (from ``start`` on), with its value."""
-    seen: dict[bytes, bytes | None] = {}
-    for branch, epoch in view:
-        for name, record_epoch, value in _records(txn, db, owner_prefix(branch, owner), start):
-            # Versions of a name come newest first: the first one at or below the epoch wins,
-            # and a name a descendant branch already decided is hidden from its ancestors.
-            if record_epoch > epoch or name in seen:
-                continue
-            seen[name] = value[1:] if value else None
-    return {name: value for name, value in seen.items() if value is not None}
+    """``iter_scan`` gathered in a dict."""
+    return dict(iter_scan(txn, db, view, owner, start))
 
 
 def _records(txn: lmdb.Transaction, db, prefix: bytes, start: bytes) -> Iterator[tuple[bytes, int, bytes]]:
@@ -62,15 +77,6 @@ def _records(txn: lmdb.Transaction, db, prefix: bytes, start: bytes) -> Iterator
 
 
 def has_any(txn: lmdb.Transaction, db, view: View, owner: int) -> bool:
-    """Whether the view sees at least one live name under ``owner`` (an emptiness test).
-
-    Stops at the first live name instead of listing the whole directory like ``scan``."""
-    decided: set[bytes] = set()
-    for branch, epoch in view:
-        for name, record_epoch, value in _records(txn, db, owner_prefix(branch, owner), b""):
-            if record_epoch > epoch or name in decided:
-                continue
-            if value:
-                return True
-            decided.add(name)
-    return False
+    """Whether the view sees at least one live name under ``owner`` (an emptiness test that
+    stops at the first live name)."""
+    return next(iter_scan(txn, db, view, owner), None) is not None
