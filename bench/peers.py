@@ -72,6 +72,22 @@ def store_bytes(store: Path) -> int:
     return du(store / "packs") + (info["last_pgno"] + 1) * stat["psize"]
 
 
+def index_tree_bytes(store: Path) -> int:
+    """The pages the index's tables occupy, without the free pages LMDB keeps for reuse (which
+    make the file's high-water mark a poor measure of what one more record costs)."""
+    import lmdb
+
+    from cowfs.fs.keys import ALL_DBS
+
+    env = lmdb.open(str(store / "index.lmdb"), readonly=True, lock=False, max_dbs=16)
+    try:
+        with env.begin() as txn:
+            stats = [txn.stat(env.open_db(name, txn=txn, create=False)) for name in ALL_DBS]
+    finally:
+        env.close()
+    return sum(s["psize"] * (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) for s in stats)
+
+
 def csv_versions(directory: Path, mb: int, versions: int):
     """Yield after writing each version of data.csv (pandas), with the file's size."""
     import numpy as np
@@ -208,12 +224,12 @@ def footprint(scratch: Path, files: int, total_mb: int, snapshots: int) -> dict:
             offset = i % 4096
             (directory / f"f{i}").write_bytes(payload[offset:offset + size])
         snapshot(mnt, "written", wait=True)
-        index_after_files = store_bytes(store) - du(store / "packs")
+        index_after_files = index_tree_bytes(store)
         for i in range(snapshots):
             snapshot(mnt, f"s{i}")
         snapshot(mnt, "end", wait=True)
         rss = peak_rss_kib(pid)
-        index_after_snaps = store_bytes(store) - du(store / "packs")
+        index_after_snaps = index_tree_bytes(store)
     return {"daemon peak RSS MiB": round(rss / 1024, 1), "files": files, "MiB written": total_mb,
             "index bytes per file": index_after_files // files,
             "index bytes per unchanged snapshot": (index_after_snaps - index_after_files) // max(1, snapshots)}

@@ -51,15 +51,11 @@ class Batch:
     entries: dict[int, dict[bytes, int | None]] = field(default_factory=dict)  # dir -> name -> inode
     orphans: dict[int, bool] = field(default_factory=dict)  # inode -> has no name (True) / settled
     snapshot_id: int | None = None
-    inodes: set[int] = field(default_factory=set)
     # Truncation and deletion at the head never wait for a batch in flight; they mark it:
     dropped: set[BlockKey] = field(default_factory=set)  # same epoch: neither committed nor read
     hidden: set[BlockKey] = field(default_factory=set)  # older epoch: committed, not read at the head
     gone_inodes: set[int] = field(default_factory=set)  # deleted at the head: attributes not read
     _nbytes: int | None = None
-
-    def __post_init__(self) -> None:
-        self.inodes = {ino for ino, _ in self.blocks} | set(self.attrs)
 
     @property
     def nbytes(self) -> int:

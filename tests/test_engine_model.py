@@ -1,7 +1,11 @@
-"""Random operation sequences against a plain in-memory model, across snapshots and branches."""
+"""Random operation sequences against a plain in-memory model, across snapshots and branches.
+
+Files live in the root and in one subdirectory that comes and goes (``rm -rf`` included), so
+directory entries are exercised with batches in flight as much as file data is."""
 
 from __future__ import annotations
 
+import errno
 import stat
 import tempfile
 from pathlib import Path
@@ -10,10 +14,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
+from cowfs.fs.errors import FsError
+
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, Tree
 
 NAMES = st.sampled_from([b"a", b"b", b"c", b"d.csv", b"model.pkl"])
+SUBDIR = b"sub"
+DIRECTORY = b"<directory>"  # how the model and the tree listings show the subdirectory
 OFFSETS = st.integers(min_value=0, max_value=3 * BLOCK_SIZE)
 DATA = st.one_of(st.binary(min_size=1, max_size=300),
                  st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=4), st.integers(1, 70000)))
@@ -27,7 +35,8 @@ class WorkspaceModel(RuleBasedStateMachine):
         self._dir = tempfile.TemporaryDirectory()
         self.store = Store.init(Path(self._dir.name) / "store")
         self.tree = Tree(self.store, 1)
-        self.model: dict[bytes, bytearray] = {}
+        self.model: dict[bytes, bytearray] = {}  # b"name" or b"sub/name" -> contents
+        self.has_subdir = False
         self.frozen: list[tuple[object, dict[bytes, bytes]]] = []
 
     def teardown(self) -> None:
@@ -37,11 +46,34 @@ class WorkspaceModel(RuleBasedStateMachine):
         self.store.close()
         self._dir.cleanup()
 
-    def _ino(self, name: bytes) -> int:
-        return self.tree.lookup(ROOT_INODE, name)[0]
+    def _where(self, path: bytes) -> tuple[int, bytes]:
+        """The parent inode and the last name of a model path."""
+        if path.startswith(SUBDIR + b"/"):
+            return self.tree.lookup(ROOT_INODE, SUBDIR)[0], path[len(SUBDIR) + 1:]
+        return ROOT_INODE, path
 
-    def _contents(self, tree: Tree) -> dict[bytes, bytes]:
-        return {name: tree.read(ino, 0, tree.getattr(ino).size) for name, ino in tree.listdir(ROOT_INODE)}
+    def _ino(self, path: bytes) -> int:
+        return self.tree.lookup(*self._where(path))[0]
+
+    def _contents(self, tree: Tree, directory: int = ROOT_INODE, prefix: bytes = b"") -> dict[bytes, bytes]:
+        found = {}
+        for name, ino in tree.listdir(directory):
+            attrs = tree.getattr(ino)
+            if attrs.is_dir:
+                found[prefix + name] = DIRECTORY
+                found.update(self._contents(tree, ino, prefix + name + b"/"))
+            else:
+                found[prefix + name] = tree.read(ino, 0, attrs.size)
+        return found
+
+    def _expected(self) -> dict[bytes, bytes]:
+        return {k: bytes(v) for k, v in self.model.items()} | ({SUBDIR: DIRECTORY} if self.has_subdir else {})
+
+    def _remove(self, path: bytes) -> None:
+        ino, attrs = self.tree.unlink(*self._where(path))
+        if attrs.nlink == 0:
+            self.tree.delete_inode(ino)
+        del self.model[path]
 
     @rule(name=NAMES, offset=OFFSETS, data=DATA)
     def write(self, name: bytes, offset: int, data: bytes) -> None:
@@ -68,26 +100,47 @@ class WorkspaceModel(RuleBasedStateMachine):
     @precondition(lambda self: self.model)
     @rule(data=st.data())
     def unlink(self, data) -> None:
-        name = data.draw(st.sampled_from(sorted(self.model)))
-        ino, attrs = self.tree.unlink(ROOT_INODE, name)
-        if attrs.nlink == 0:
-            self.tree.delete_inode(ino)
-        del self.model[name]
+        self._remove(data.draw(st.sampled_from(sorted(self.model))))
 
     @precondition(lambda self: self.model)
-    @rule(data=st.data(), new=NAMES)
-    def rename(self, data, new: bytes) -> None:
+    @rule(data=st.data(), new=NAMES, into_subdir=st.booleans())
+    def rename(self, data, new: bytes, into_subdir: bool) -> None:
         old = data.draw(st.sampled_from(sorted(self.model)))
-        replaced = self.tree.rename(ROOT_INODE, old, ROOT_INODE, new)
+        if into_subdir and self.has_subdir:
+            new = SUBDIR + b"/" + new
+        replaced = self.tree.rename(*self._where(old), *self._where(new))
         if replaced is not None and replaced[1].nlink == 0:
             self.tree.delete_inode(replaced[0])
         if old != new:
             self.model[new] = self.model.pop(old)
 
+    @precondition(lambda self: not self.has_subdir)
+    @rule()
+    def make_subdir(self) -> None:
+        self.tree.create(ROOT_INODE, SUBDIR, stat.S_IFDIR | 0o755, 0, 0)
+        self.has_subdir = True
+
+    @precondition(lambda self: self.has_subdir)
+    @rule()
+    def remove_subdir_with_its_files(self) -> None:
+        """rm -rf: a directory with names in it refuses to go, then goes once they are gone."""
+        inside = [path for path in self.model if path.startswith(SUBDIR + b"/")]
+        if inside:
+            try:
+                self.tree.unlink(ROOT_INODE, SUBDIR, directory=True)
+                raise AssertionError("a directory with files in it was removed")
+            except FsError as exc:
+                assert exc.errno == errno.ENOTEMPTY
+        for path in inside:
+            self._remove(path)
+        ino, _ = self.tree.unlink(ROOT_INODE, SUBDIR, directory=True)
+        self.tree.delete_inode(ino)
+        self.has_subdir = False
+
     @rule(target=snapshots)
     def snapshot(self):
         record, _ = self.tree.snapshot()
-        self.frozen.append((record, {k: bytes(v) for k, v in self.model.items()}))
+        self.frozen.append((record, self._expected()))
         return record
 
     @rule()
@@ -104,11 +157,12 @@ class WorkspaceModel(RuleBasedStateMachine):
         self.tree.flush()
         expected = dict(next(frozen for rec, frozen in self.frozen if rec is record))
         self.tree = Tree(self.store, self.store.fork(record).id)
+        self.has_subdir = expected.pop(SUBDIR, None) == DIRECTORY
         self.model = {k: bytearray(v) for k, v in expected.items()}
 
     @invariant()
     def live_tree_matches_model(self) -> None:
-        assert self._contents(self.tree) == {k: bytes(v) for k, v in self.model.items()}
+        assert self._contents(self.tree) == self._expected()
 
 
 WorkspaceModel.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
