@@ -7,8 +7,9 @@ thread, so each one is atomic with respect to the others without any lock.
 File data is cut into fixed blocks of ``BLOCK_SIZE`` bytes. Writes land in dirty block
 buffers in memory, and so does every namespace change (attributes, directory entries,
 truncation, deletion): no request commits to LMDB, whose commits are fsynced (cowfs.fs.index).
-``take_batch`` detaches all of it as a ``Batch`` tagged with the epoch it belongs to, ``seal_blocks`` hashes and
-compresses it and appends new chunks to a pack (safe in a thread), and ``commit_batch``
+``take_batch`` detaches all of it as a ``Batch`` tagged with the epoch it belongs to,
+``seal_blocks`` hashes and compresses it and appends new chunks to a pack (safe in a
+thread), and ``commit_batch``
 indexes the chunks and writes the records in one LMDB transaction. docs/write-path.md
 states the rules that keep reads, metadata changes and snapshots correct while a batch is
 in flight.

@@ -75,8 +75,3 @@ def _records(txn: lmdb.Transaction, db, prefix: bytes, start: bytes) -> Iterator
             return
         yield key[len(prefix):-EPOCH_BYTES], epoch_of(key), value
 
-
-def has_any(txn: lmdb.Transaction, db, view: View, owner: int) -> bool:
-    """Whether the view sees at least one live name under ``owner`` (an emptiness test that
-    stops at the first live name)."""
-    return next(iter_scan(txn, db, view, owner), None) is not None

@@ -27,7 +27,9 @@ def places(workspace, tmp_path):
 
 @pytest.mark.parametrize("kind", ["native", "cowfs"])
 def test_fio_write_verify(places, kind):
-    result = subprocess.run(FIO + [f"--directory={places[kind]}"], capture_output=True, text=True, timeout=300)
+    # fio leaves its verify-state files in the working directory: keep them in the test's own.
+    result = subprocess.run(FIO + [f"--directory={places[kind]}"], capture_output=True, text=True, timeout=300,
+                            cwd=places[kind])
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"err= 0", result.stdout), result.stdout
     assert "verify failed" not in result.stdout + result.stderr
