@@ -66,6 +66,12 @@ def test_snap_works_from_a_subdirectory(workspace):
 def test_store_and_socket_are_private(workspace):
     mnt = workspace.mount()
     assert os.stat(workspace.store).st_mode & 0o777 == 0o700
+    # Every directory is the owner's alone yet enterable by the owner (root enters anything,
+    # so only the modes can show that a plain user could use the store at all).
+    for directory in (p for p in workspace.store.rglob("*") if p.is_dir()):
+        assert os.stat(directory).st_mode & 0o777 == 0o700, directory
+    for path in (p for p in (workspace.store / "index.lmdb").iterdir()):
+        assert os.stat(path).st_mode & 0o077 == 0, path
     from cowfs.daemon.addresses import control_socket_path
 
     sock = control_socket_path(mnt)
