@@ -88,6 +88,7 @@ class CowOperations(pyfuse3.Operations):
         # ENOSYS once makes the kernel stop asking, and every xattr call then says ENOTSUP.
         self.xattrs = xattrs
         self.lookups: Counter[int] = Counter()
+        self.nameless: set[int] = set()  # no names left, still held by the kernel (open files)
         self._open_dirs: dict[int, tuple[int, DirListing]] = {}
         self._next_dir_handle = 1
 
@@ -107,15 +108,14 @@ class CowOperations(pyfuse3.Operations):
         self.lookups[ino] += 1
         return entry_attributes(ino, attrs)
 
-    async def _release_if_orphan(self, ino: int) -> None:
-        """An inode with no names and no kernel references is gone for good (its history stays)."""
-        if self.lookups[ino] > 0 or self.tree.readonly:
+    def _lost_a_name(self, ino: int, attrs: InodeAttrs) -> None:
+        """An inode with no names and no kernel references is gone for good (its history stays);
+        one the kernel still holds (an open file) goes when the kernel forgets it."""
+        if attrs.nlink > 0:
             return
-        try:
-            attrs = self.tree.getattr(ino)
-        except OSError:
-            return
-        if attrs.nlink == 0:
+        if self.lookups[ino] > 0:
+            self.nameless.add(ino)
+        else:
             self.tree.delete_inode(ino)
 
     # -- lookups and attributes ---------------------------------------------------------------------
@@ -130,7 +130,9 @@ class CowOperations(pyfuse3.Operations):
             self.lookups[ino] -= count
             if self.lookups[ino] <= 0:
                 del self.lookups[ino]
-                await self._release_if_orphan(ino)
+                if ino in self.nameless:  # forgetting any other inode needs no look at the store
+                    self.nameless.discard(ino)
+                    self.tree.delete_inode(ino)
 
     @translate_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
@@ -189,20 +191,18 @@ class CowOperations(pyfuse3.Operations):
 
     @translate_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        ino, _ = self.tree.unlink(parent_inode, name)
-        await self._release_if_orphan(ino)
+        self._lost_a_name(*self.tree.unlink(parent_inode, name))
 
     @translate_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        ino, _ = self.tree.unlink(parent_inode, name, directory=True)
-        await self._release_if_orphan(ino)
+        self._lost_a_name(*self.tree.unlink(parent_inode, name, directory=True))
 
     @translate_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
         replaced = self.tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         if replaced is not None:
-            await self._release_if_orphan(replaced[0])
+            self._lost_a_name(*replaced)
 
     # -- file data -----------------------------------------------------------------------------------
     @translate_errors

@@ -246,10 +246,11 @@ class Tree:
 
     def lookup(self, parent: int, name: bytes) -> tuple[int, InodeAttrs]:
         with self.store.index.reading() as txn:
-            self._dir_attrs(txn, parent)
             ino = self._entry(txn, parent, name)
             if ino is None:
+                self._dir_attrs(txn, parent)  # ENOTDIR or ENOENT for the parent itself first
                 raise FsError(errno.ENOENT)
+            # Only a live directory holds entries: finding one proves what _dir_attrs would.
             return ino, self._attrs(txn, ino)
 
     def listdir(self, ino: int) -> list[tuple[bytes, int]]:
