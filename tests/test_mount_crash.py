@@ -87,6 +87,11 @@ def check_acknowledged(workspace: Workspace, mnt: Path, log_path: Path, crashes:
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
+def start_gc(workspace: Workspace) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cowfs.cli.main", "gc"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "COWFS_STORE": str(workspace.store)})
+
+
 def test_kill_9_at_random_points_loses_nothing_acknowledged(workspace, tmp_path):
     rng = random.Random(1234)
     log_path = tmp_path / "acknowledged.jsonl"
@@ -94,10 +99,7 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(workspace, tmp_path)
     kill_points = int(os.environ.get("COWFS_KILL_POINTS", "8"))  # the soak sets more
     for round_number in range(kill_points):
         writer = start_writer(mnt, log_path, round_number)
-        gc = None
-        if round_number % 2:
-            gc = subprocess.Popen([sys.executable, "-m", "cowfs.cli.main", "gc"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, env={**os.environ, "COWFS_STORE": str(workspace.store)})
+        gc = start_gc(workspace) if round_number % 2 else None
         time.sleep(rng.uniform(0.2, 1.5))
         os.kill(workspace.daemon_pid(mnt), signal.SIGKILL)
         if gc is not None:
@@ -167,10 +169,13 @@ def test_machine_crash_between_fsyncs_loses_nothing_acknowledged(crash_disk, tmp
         for round_number in range(crash_points):
             mnt = workspace.mount()  # at once, on whatever the last crash left
             writer = start_writer(mnt, log_path, round_number)
+            gc = start_gc(workspace) if round_number % 2 else None  # the machine dies during gc too
             time.sleep(rng.uniform(0.5, 2.0))
             os.kill(workspace.daemon_pid(mnt), signal.SIGKILL)
-            writer.kill()
-            writer.wait()
+            for process in (writer, gc):
+                if process is not None:
+                    process.kill()
+                    process.wait()
             report = crash_disk.power_cut()
             lost_pages += int(report.split("pages_lost=")[1].split()[0])
             detach_stale(mnt)
