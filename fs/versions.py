@@ -43,17 +43,15 @@ def iter_scan(txn: lmdb.Transaction, db, view: View, owner: int, start: bytes = 
     """Every live name the view sees under ``owner`` (from ``start`` on), in name order, with its
     value; streamed, so a directory of a million entries is never held in memory at once.
 
-    The records of each link of the view are merged by (name, link): for each name the first
-    record is the one that decides, because a descendant link comes before its ancestors and,
-    within a link, versions come newest first (only those at or below the link's epoch count)."""
-    def link_records(position: int, branch: int, epoch: int) -> Iterator[tuple[bytes, int, int, bytes]]:
-        for sequence, (name, record_epoch, value) in enumerate(_records(txn, db, owner_prefix(branch, owner),
-                                                                         start)):
-            if record_epoch <= epoch:
-                yield name, position, sequence, value
+    Each link of the view yields, per name, its newest record at or below the link's epoch; the
+    links are merged by (name, link), so for each name the first record decides: a descendant
+    link comes before its ancestors."""
+    def link_records(position: int, branch: int, epoch: int) -> Iterator[tuple[bytes, int, bytes]]:
+        for name, value in _deciding_records(txn, db, owner_prefix(branch, owner), start, epoch):
+            yield name, position, value
 
     decided = None
-    for name, _, _, value in heapq.merge(*(link_records(i, b, e) for i, (b, e) in enumerate(view))):
+    for name, _, value in heapq.merge(*(link_records(i, b, e) for i, (b, e) in enumerate(view))):
         if name == decided:
             continue
         decided = name
@@ -66,12 +64,25 @@ def scan(txn: lmdb.Transaction, db, view: View, owner: int, start: bytes = b"") 
     return dict(iter_scan(txn, db, view, owner, start))
 
 
-def _records(txn: lmdb.Transaction, db, prefix: bytes, start: bytes) -> Iterator[tuple[bytes, int, bytes]]:
+def _deciding_records(txn: lmdb.Transaction, db, prefix: bytes, start: bytes,
+                      epoch: int) -> Iterator[tuple[bytes, bytes]]:
+    """Per name under ``prefix``, its newest record at or below ``epoch`` (tombstones included).
+
+    Two seeks a name, whatever its history: a file rewritten by every notebook cell has as many
+    versions as there were cells, and a listing must not step through them."""
     cursor = txn.cursor(db)
-    if not cursor.set_range(prefix + start):
-        return
-    for key, value in cursor:
+    found = cursor.set_range(prefix + start)
+    while found:
+        key = cursor.key()
         if not key.startswith(prefix):
             return
-        yield key[len(prefix):-EPOCH_BYTES], epoch_of(key), value
+        name = key[len(prefix):-EPOCH_BYTES]
+        if epoch_of(key) > epoch:  # versions newer than the view: jump to the first one it sees
+            if not cursor.set_range(prefix + name + inverted(epoch)):
+                return
+            if cursor.key()[:-EPOCH_BYTES] != prefix + name:
+                continue  # none at or below the epoch; the cursor is past this name already
+        yield name, cursor.value()
+        # Names are prefix-free, so every key of a later name sorts after this one's keys.
+        found = cursor.set_range(prefix + name + b"\xff" * (EPOCH_BYTES + 1))
 

@@ -128,6 +128,32 @@ def test_namespace_changes_while_a_batch_is_in_flight(store: Store):
     assert Tree(store, 1).listdir(ROOT_INODE) == []
 
 
+def test_listings_seek_past_history_and_stay_in_their_branch(store: Store):
+    """A listing jumps over a name's versions instead of reading them, and a jump that lands on
+    the same name in the next branch's records does not take it for this branch's."""
+    tree = Tree(store, 1)
+    original, _ = tree.create(ROOT_INODE, b"sub", stat.S_IFDIR | 0o755, 0, 0)
+    for _ in range(50):  # history: fifty versions of one entry
+        tree.rename(ROOT_INODE, b"sub", ROOT_INODE, b"sub2")
+        tree.rename(ROOT_INODE, b"sub2", ROOT_INODE, b"sub")
+        tree.snapshot()
+    base, _ = tree.snapshot()
+    tree.flush()
+    first = Tree(store, store.fork(base).id)
+    forked, _ = first.snapshot()
+    ino, _ = first.unlink(ROOT_INODE, b"sub", directory=True)
+    first.delete_inode(ino)
+    gone, _ = first.snapshot()
+    first.flush()
+    second = Tree(store, store.fork(gone).id)  # records of a later branch, same name
+    recreated, _ = second.create(ROOT_INODE, b"sub", stat.S_IFDIR | 0o755, 0, 0)
+    second.flush()
+    assert Tree.at_snapshot(store, forked).listdir(ROOT_INODE) == [(b"sub", original)]
+    assert Tree.at_snapshot(store, gone).listdir(ROOT_INODE) == []
+    assert second.listdir(ROOT_INODE) == [(b"sub", recreated)]
+    assert Tree.at_snapshot(store, base).listdir(ROOT_INODE) == [(b"sub", original)]
+
+
 def test_sparse_offsets_beyond_4_gib(store: Store):
     tree = Tree(store, 1)
     ino = new_file(tree, b"sparse")
