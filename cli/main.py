@@ -7,24 +7,24 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cowfs.cli import launcher
 from cowfs.cli.client import DaemonError, mount_for, request, resolve_store_path
-from cowfs.cli.importer import import_directory
 from cowfs.cli.client import snapshot as take_snapshot
 from cowfs.cli.output import emit_json, human_size, human_time, table
 from cowfs.daemon.addresses import cowfs_mounts
-from cowfs.fs.diff import diff_trees
-from cowfs.fs.fsck import check as fsck_check
-from cowfs.fs.gc import collect_garbage
-from cowfs.fs.retention import Policy, parse_duration, plan_prune, protected, remove_snapshots, set_pinned
-from cowfs.fs.history import CellRun, blame as history_blame, cell_runs, files_changed
 from cowfs.fs.errors import StoreError
 from cowfs.fs.records import SnapshotRecord, format_snapshot_id
 from cowfs.fs.store import MAIN_BRANCH, NEEDS_FSCK, Store, describe
-from cowfs.fs.tree import Tree
+
+# Each command imports the engine modules only it needs: every `cowfs` call (and `cowfs mount`
+# most of all) pays for what is imported here before it does anything.
+if TYPE_CHECKING:
+    from cowfs.fs.history import CellRun
+    from cowfs.fs.tree import Tree
 
 
 class Context:
@@ -70,6 +70,8 @@ def cli(ctx: click.Context, store: str | None) -> None:
 @click.pass_obj
 def init(context: Context, source: Path | None) -> None:
     """Create a store (optionally from an existing directory)."""
+    from cowfs.cli.importer import import_directory
+
     path = context.store_path
     if source is not None and not source.is_dir():
         fail(f"cannot import {source}: it is not a directory")
@@ -188,6 +190,8 @@ def _branch_names(store: Store) -> dict[int, str]:
 @click.pass_obj
 def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: bool) -> None:
     """List snapshots (or, with --cells, executed cells), newest first."""
+    from cowfs.fs.history import cell_runs
+
     store = context.open_store(readonly=True)
     try:
         names = _branch_names(store)
@@ -210,6 +214,8 @@ def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: 
 
 
 def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json: bool) -> None:
+    from cowfs.fs.history import files_changed
+
     rows = []
     for run in runs:
         meta = run.meta
@@ -237,6 +243,8 @@ def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json
 @click.pass_obj
 def blame(context: Context, path: str, branch: str | None, as_json: bool) -> None:
     """Which snapshots (which cells) changed PATH."""
+    from cowfs.fs.history import blame as history_blame
+
     relative, branch_name = _workspace_path(path, branch)
     store = context.open_store(readonly=True)
     try:
@@ -263,6 +271,8 @@ def _workspace_path(path: str, branch: str | None) -> tuple[str, str]:
 
 
 def _tree_at(store: Store, ref: str) -> tuple[SnapshotRecord, Tree]:
+    from cowfs.fs.tree import Tree
+
     record = store.resolve_snapshot(ref)
     return record, Tree.at_snapshot(store, record)
 
@@ -275,6 +285,8 @@ def _tree_at(store: Store, ref: str) -> tuple[SnapshotRecord, Tree]:
 @click.pass_obj
 def diff(context: Context, before: str, after: str, as_json: bool, show_all: bool) -> None:
     """Paths added, removed or modified between two snapshots."""
+    from cowfs.fs.diff import diff_trees
+
     store = context.open_store(readonly=True)
     try:
         changes = diff_trees(_tree_at(store, before)[1], _tree_at(store, after)[1])
@@ -354,6 +366,8 @@ def status(context: Context, as_json: bool) -> None:
 @click.pass_obj
 def fsck(context: Context, repair: bool, as_json: bool) -> None:
     """Verify every chunk, reference, version chain and tree of the store; exit 1 on damage."""
+    from cowfs.fs.fsck import check as fsck_check
+
     store = context.open_store(readonly=not repair)
     try:
         report = fsck_check(store, repair=repair)
@@ -381,6 +395,8 @@ def fsck(context: Context, repair: bool, as_json: bool) -> None:
 @click.pass_obj
 def rm(context: Context, snapshots: tuple[str, ...]) -> None:
     """Delete snapshots (their space returns at the next `cowfs gc`)."""
+    from cowfs.fs.retention import remove_snapshots
+
     store = context.open_store()
     try:
         records = [store.resolve_snapshot(ref) for ref in snapshots]
@@ -407,6 +423,8 @@ def unpin(context: Context, snapshot: str) -> None:
 
 
 def _set_pin(context: Context, ref: str, pinned: bool) -> None:
+    from cowfs.fs.retention import set_pinned
+
     store = context.open_store()
     try:
         record = set_pinned(store, store.resolve_snapshot(ref), pinned)
@@ -426,6 +444,8 @@ def _set_pin(context: Context, ref: str, pinned: bool) -> None:
 def prune(context: Context, keep_last: int, keep_within: str | None, keep_hourly: int, keep_daily: int,
           dry_run: bool, as_json: bool) -> None:
     """Remove the snapshots a retention policy does not keep (pinned ones and branch origins stay)."""
+    from cowfs.fs.retention import Policy, parse_duration, plan_prune, protected, remove_snapshots
+
     policy = Policy(keep_last, parse_duration(keep_within) if keep_within else 0.0, keep_hourly, keep_daily)
     if policy.empty:
         fail("give at least one --keep-* option; prune without a policy would remove every snapshot")
@@ -450,6 +470,8 @@ def prune(context: Context, keep_last: int, keep_within: str | None, keep_hourly
 @click.pass_obj
 def gc(context: Context, as_json: bool) -> None:
     """Reclaim the space of removed snapshots and overwritten data (safe while mounted)."""
+    from cowfs.fs.gc import collect_garbage
+
     path = context.store_path
     for entry in cowfs_mounts():  # live daemons of this store finish their packs so gc can rewrite them
         try:
