@@ -43,10 +43,21 @@ class Index:
         # The map may already be larger than our initial guess (grown by another process).
         self.env.set_mapsize(0)
         if readonly:
-            self.dbs = {name: self.env.open_db(name, create=False) for name in ALL_DBS}
+            try:
+                self.dbs = {name: self.env.open_db(name, create=False) for name in ALL_DBS}
+            except lmdb.NotFoundError as exc:
+                missing = [name.decode() for name in ALL_DBS if not self._has_table(name)]
+                self.env.close()
+                tables = "table" if len(missing) == 1 else "tables"
+                raise lmdb.NotFoundError(f"its index has no {', '.join(missing)} {tables}: made by another "
+                                         "cowfs version, or not by cowfs; use the cowfs that made it") from exc
         else:
             with self.env.begin(write=True) as txn:
                 self.dbs = {name: self.env.open_db(name, txn=txn) for name in ALL_DBS}
+
+    def _has_table(self, name: bytes) -> bool:
+        with self.env.begin() as txn:
+            return txn.get(name) is not None  # named tables are keys of LMDB's main table
 
     def db(self, name: bytes):
         return self.dbs[name]

@@ -6,6 +6,7 @@ import errno
 import stat
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from cowfs.fs import keys, versions
@@ -293,6 +294,10 @@ def test_store_refuses_what_is_not_a_store(tmp_path: Path):
         Store.open(tmp_path / "junk")
     with pytest.raises(StoreError, match="no cowfs store"):
         Store.open(tmp_path / "missing")
+    (tmp_path / "other" / "index.lmdb").mkdir(parents=True)
+    lmdb.open(str(tmp_path / "other" / "index.lmdb")).close()  # an LMDB index, but not ours
+    with pytest.raises(StoreError, match="no meta, .* tables: made by another cowfs version"):
+        Store.open(tmp_path / "other", readonly=True)
 
 
 def test_snapshot_resolution(store: Store):
