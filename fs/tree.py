@@ -52,10 +52,9 @@ class Batch:
     entries: dict[int, dict[bytes, int | None]] = field(default_factory=dict)  # dir -> name -> inode
     orphans: dict[int, bool] = field(default_factory=dict)  # inode -> has no name (True) / settled
     snapshot_id: int | None = None
-    # Truncation and deletion at the head never wait for a batch in flight; they mark it:
-    dropped: set[BlockKey] = field(default_factory=set)  # same epoch: neither committed nor read
-    hidden: set[BlockKey] = field(default_factory=set)  # older epoch: committed, not read at the head
-    gone_inodes: set[int] = field(default_factory=set)  # deleted at the head: attributes not read
+    # Blocks truncated or deleted at the head after this batch (of the head's epoch) was taken:
+    # not worth committing, as the newer hole or tombstone at the same epoch replaces them.
+    dropped: set[BlockKey] = field(default_factory=set)
     _nbytes: int | None = None
 
     @property
@@ -160,8 +159,6 @@ class Tree:
         if ino in self.dirty_attrs:
             return self.dirty_attrs[ino]
         for batch in reversed(self.inflight):
-            if ino in batch.gone_inodes:
-                return None
             if ino in batch.attrs:
                 return batch.attrs[ino]
         return UNKNOWN
@@ -418,11 +415,7 @@ class Tree:
         for key in [key for key in self.dirty_blocks if key[0] == ino]:
             self._drop_dirty_block(key)
         self._forget_in_flight(ino, 0)
-        for batch in self.inflight:
-            batch.gone_inodes.add(ino)
-            if batch.epoch == self.head:
-                batch.attrs.pop(ino, None)  # same epoch: it must not come back after the tombstone
-        self._set_attrs(ino, None)
+        self._set_attrs(ino, None)  # a tombstone, newer than anything in flight
         self.dirty_orphans[ino] = False
 
     def sweep_orphans(self) -> int:
@@ -475,13 +468,14 @@ class Tree:
     def _forget_in_flight(self, ino: int, first_gone: int) -> set[int]:
         """Blocks from ``first_gone`` on stop existing at the head, also those still in flight.
 
-        A batch of the head's epoch will not commit them (a tombstone at the head replaces
-        them); an older batch still commits them for its snapshot, but no head read sees them.
-        Returns the block indexes affected, which need tombstones at the head."""
+        Reads never reach them again: the hole or tombstone that replaces them is newer dirty
+        state. A batch of the head's epoch need not commit them; an older batch still does, for
+        its snapshot. Returns the block indexes held in flight, which need holes at the head."""
         indexes: set[int] = set()
         for batch in self.inflight:
             keys = {key for key in batch.blocks if key[0] == ino and key[1] >= first_gone}
-            (batch.dropped if batch.epoch == self.head else batch.hidden).update(keys)
+            if batch.epoch == self.head:
+                batch.dropped.update(keys)
             indexes.update(index for _, index in keys)
         return indexes
 
@@ -516,8 +510,6 @@ class Tree:
         if key in self.dirty_blocks:
             return self.dirty_blocks[key]
         for batch in reversed(self.inflight):
-            if key in batch.dropped or key in batch.hidden:
-                break  # truncated or deleted at the head after this batch was taken
             if key in batch.blocks:
                 return batch.blocks[key]
         digest = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
