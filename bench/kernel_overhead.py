@@ -27,7 +27,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import figure_table  # noqa: E402
 
-REPORT = "import json, cowfs.cli.kernel_extension as k\nprint(json.dumps(k._active.timings))"
+REPORT = "import json, cowfs.cli.kernel.extension as k\nprint(json.dumps(k._active.timings))"
 
 
 def cells(count: int) -> list[str]:

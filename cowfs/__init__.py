@@ -8,12 +8,12 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython):  # noqa: ANN001 - IPython's own type
-    from cowfs.cli.kernel_extension import load_ipython_extension as load
+    from cowfs.cli.kernel.extension import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython):  # noqa: ANN001
-    from cowfs.cli.kernel_extension import unload_ipython_extension as unload
+    from cowfs.cli.kernel.extension import unload_ipython_extension as unload
 
     unload(ipython)

@@ -1,8 +1,10 @@
 """The IPython extension: a snapshot before and after every cell, invisible to the user.
 
-After each cell the kernel's variables are saved into the workspace (``cowfs.cli.variables``)
-just before the after-cell snapshot, so a snapshot holds the files *and* the variables of
-that moment; ``%cowfs restore <snap>`` brings the variables back in a fresh kernel.
+After each cell the variables the cell could have changed are saved into the workspace
+(``cowfs.cli.kernel.saver``) just before the after-cell snapshot, so a snapshot holds the
+files *and* the variables of that moment; ``%cowfs restore <snap> [names]`` brings them back
+in a fresh kernel. Loading the extension makes the user namespace record what each cell
+touches (``cowfs.cli.kernel.namespace``): that is what keeps an untouched 1 GiB frame free.
 
 The hooks never raise into the user's cell and add nothing to its output: when the daemon
 is gone or the kernel works outside any mount, they warn once on stderr, in one line, and
@@ -22,7 +24,9 @@ from typing import Any
 import blake3
 
 from cowfs.cli.client import DaemonError, mount_for, resolve_store_path, snapshot
-from cowfs.cli.variables import NamespaceSaver, RestoreError, load_namespace
+from cowfs.cli.kernel.namespace import install as track_namespace
+from cowfs.cli.kernel.restore import RestoreError, load_namespace
+from cowfs.cli.kernel.saver import NamespaceSaver
 from cowfs.daemon.addresses import MountEntry
 from cowfs.fs.errors import StoreError
 from cowfs.fs.store import Store
@@ -143,13 +147,14 @@ class CellSnapshots:
             print(f"cowfs: cells are not being snapshotted ({exc})", file=sys.stderr)
 
 
-def restore(shell: Any, ref: str) -> None:
-    """``%cowfs restore <snap>``: the variables as they were at that snapshot."""
+def restore(shell: Any, ref: str, names: list[str] | None = None) -> None:
+    """``%cowfs restore <snap> [names]``: the variables as they were at that snapshot (only
+    ``names`` and what shares objects with them, when given)."""
     try:
         store = Store.open(resolve_store_path(os.environ.get("COWFS_STORE")), readonly=True)
         try:
             record = store.resolve_snapshot(ref)
-            values, problems = load_namespace(store, record)
+            values, problems = load_namespace(store, record, names)
         finally:
             store.close()
     except (DaemonError, StoreError, RestoreError) as exc:
@@ -162,17 +167,17 @@ def restore(shell: Any, ref: str) -> None:
 
 
 def cowfs_magic(shell: Any, line: str) -> None:
-    """%cowfs restore SNAP | log [--cells] | diff A B | snap -m LABEL | blame PATH | status"""
+    """%cowfs restore SNAP [NAME ...] | log [--cells] | diff A B | snap -m LABEL | blame PATH | status"""
     import click
 
     from cowfs.cli.main import cli
 
     args = shlex.split(line)
     if args[:1] == ["restore"]:
-        if len(args) != 2:
-            print("usage: %cowfs restore SNAPSHOT", file=sys.stderr)
+        if len(args) < 2:
+            print("usage: %cowfs restore SNAPSHOT [NAME ...]", file=sys.stderr)
             return
-        restore(shell, args[1])
+        restore(shell, args[1], args[2:] or None)
         return
     try:
         cli.main(args=args, prog_name="%cowfs", standalone_mode=False)
@@ -191,6 +196,7 @@ def load_ipython_extension(ipython: Any) -> None:
     global _active
     if _active is not None:
         return
+    track_namespace(ipython)
     _active = CellSnapshots(ipython)
     _active.register()
     ipython.register_magic_function(lambda line: cowfs_magic(ipython, line), "line", "cowfs")

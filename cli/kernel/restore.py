@@ -1,0 +1,131 @@
+"""Bringing saved variables back from a snapshot, all of them or only some.
+
+Reads go straight to the store (the snapshot's tree), not through a mount, so any snapshot
+can be restored from anywhere, and every chunk is checked against its hash on the way.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+from typing import Any
+
+import cloudpickle
+
+from cowfs.cli.kernel.capture import load
+from cowfs.cli.kernel.vars_format import MANIFEST
+from cowfs.fs.records import SnapshotRecord
+from cowfs.fs.store import Store
+from cowfs.fs.tree import Tree
+
+READ_PIECE = 8 << 20
+
+
+class RestoreError(Exception):
+    """The snapshot holds no saved variables, or not the ones asked for."""
+
+
+class _SavedFiles:
+    """The files of one session's variables directory at one snapshot."""
+
+    def __init__(self, store: Store, snapshot: SnapshotRecord, session_dir: str) -> None:
+        self.tree = Tree.at_snapshot(store, snapshot)
+        self.session_dir = session_dir
+
+    def read(self, relative: str, size: int | None = None) -> bytearray | None:
+        """The whole file, in a writable buffer (arrays loaded over it stay writable)."""
+        found = self.tree.resolve(f"{self.session_dir}/{relative}".encode())
+        if found is None:
+            return None
+        ino, attrs = found
+        total = attrs.size if size is None else size
+        out = bytearray(total)
+        view = memoryview(out)
+        for start in range(0, total, READ_PIECE):
+            piece = self.tree.read(ino, start, min(READ_PIECE, total - start))
+            view[start:start + len(piece)] = piece
+        return out
+
+
+def load_namespace(store: Store, snapshot: SnapshotRecord,
+                   wanted: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The variables saved in ``snapshot`` (those in ``wanted`` and the names they share objects
+    with, or all), and one line for each that could not come back."""
+    session_dir = snapshot.meta.get("vars")
+    if not session_dir:
+        raise RestoreError(f"snapshot {snapshot.name} was not taken by a kernel that saved its variables")
+    files = _SavedFiles(store, snapshot, session_dir)
+    raw = files.read(MANIFEST)
+    if raw is None:
+        if wanted:
+            raise RestoreError(f"no variables were saved at {snapshot.name}")
+        return {}, []
+    manifest = json.loads(raw)
+    if manifest.get("format") != 2:
+        return _load_format_1(files, manifest, wanted)
+    names: dict[str, dict] = manifest["names"]
+    missing = [name for name in wanted or [] if name not in names]
+    if missing:
+        raise RestoreError(f"{', '.join(missing)} {'was' if len(missing) == 1 else 'were'} not saved at "
+                           f"{snapshot.name}; saved there: {', '.join(sorted(names)) or '(nothing)'}")
+    chosen = sorted(names) if not wanted else wanted
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    loaded_groups: set[str] = set()
+    for name in chosen:
+        entry = names[name]
+        try:
+            if "module" in entry:
+                values[name] = importlib.import_module(entry["module"])
+            elif "group" in entry:
+                gid = entry["group"]
+                if gid not in loaded_groups:
+                    loaded_groups.add(gid)
+                    group = manifest["groups"][gid]
+                    values.update(zip(group["names"], _load_group(files, group)))
+            else:
+                problems.append(f"{name}: not saved: {entry.get('error', 'unknown reason')}")
+        except Exception as exc:
+            problems.append(f"{name}: could not be restored ({type(exc).__name__}: {exc})")
+    return values, problems
+
+
+def _load_group(files: _SavedFiles, group: dict) -> tuple[Any, ...]:
+    if "inline" in group:
+        skeleton = base64.b64decode(group["inline"])
+    else:
+        skeleton = files.read(group["skeleton"])
+        if skeleton is None:
+            raise RestoreError("its saved file is missing")
+    buffers = []
+    for buffer in group["buffers"]:
+        data = files.read(buffer["file"], buffer["size"])
+        if data is None:
+            raise RestoreError(f"its buffer file {buffer['file']} is missing")
+        buffers.append(data)
+    return load(bytes(skeleton), buffers)
+
+
+def _load_format_1(files: _SavedFiles, manifest: dict, wanted: list[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """Variables saved before groups and out-of-band buffers existed: one pickle per name."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, entry in sorted(manifest.items()):
+        if wanted and name not in wanted:
+            continue
+        try:
+            if "module" in entry:
+                values[name] = importlib.import_module(entry["module"])
+            elif "inline" in entry:
+                values[name] = cloudpickle.loads(base64.b64decode(entry["inline"]))
+            elif "file" in entry:
+                data = files.read(entry["file"])
+                if data is None:
+                    raise RestoreError("its saved file is missing")
+                values[name] = cloudpickle.loads(data)
+            else:
+                problems.append(f"{name}: not saved: {entry.get('error', 'unknown reason')}")
+        except Exception as exc:
+            problems.append(f"{name}: could not be restored ({type(exc).__name__}: {exc})")
+    return values, problems

@@ -1,0 +1,276 @@
+"""Saving a kernel's variables into the workspace after each cell, at the price of what changed.
+
+Variables live in ``.cowfs/vars/<session>/`` at the root of the mount, as ordinary workspace
+files, so the after-cell snapshot freezes them with the files the cell wrote, and their
+bytes are chunked and deduplicated with everything else in the store. Per group of
+co-variables (``cowfs.cli.kernel.planner``) there is a pickle skeleton (inline in the
+manifest when small) and one file per big buffer (numpy and pandas data, handed out of band
+by pickle protocol 5). A save:
+
+- looks only at the groups the cell could have changed (the namespace recorded what it
+  touched); an untouched 1 GiB frame costs nothing;
+- hashes a revisited buffer in blocks and rewrites only the blocks whose hash changed, in
+  place: one changed value in a 1 GiB frame writes one block, which is all the store adds.
+
+Any failure forgets what the saver knew of the files, so the next save rewrites them whole
+rather than trusting files a failed write may have left half-changed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import sys
+import types
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from cowfs.cli.kernel.capture import Capture, capture
+from cowfs.cli.kernel.namespace import TrackedNamespace, user_names
+from cowfs.cli.kernel.planner import SavedGroup, group_by_sharing, names_to_revisit
+from cowfs.cli.kernel.vars_format import (FORMAT, HASH_BLOCK, INLINE_BYTES, MANIFEST, VARS_ROOT, group_id,
+                                          skeleton_file)
+
+_THREADED_MIN = 16 * HASH_BLOCK  # below this one thread hashes faster than two can start
+
+
+def new_session() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class BufferFile:
+    """What a buffer file holds now: its size and the blake3 digest of each hash block."""
+
+    size: int
+    digests: list[bytes]
+
+
+@dataclass
+class SaveReport:
+    """What the last save did: the figures the bench and the tests read."""
+
+    revisited: list[str] = field(default_factory=list)
+    hashed_bytes: int = 0
+    written_bytes: int = 0
+
+
+@dataclass
+class _Group:
+    names: tuple[str, ...]
+    reaches: frozenset[int]
+    opaque: bool
+    entry: dict
+
+    def saved(self) -> SavedGroup:
+        return SavedGroup(frozenset(self.names), self.reaches, self.opaque)
+
+
+class NamespaceSaver:
+    """Keeps one kernel's saved variables up to date, one save per cell."""
+
+    def __init__(self, shell: Any, session: str | None = None) -> None:
+        self.shell = shell
+        self.session = session or new_session()
+        self.report = SaveReport()
+        self._pool: ThreadPoolExecutor | None = None
+        self._forget()
+
+    def _forget(self) -> None:
+        self._groups: dict[str, _Group] = {}
+        self._ids: dict[str, int] = {}
+        self._names: dict[str, dict] = {}
+        self._buffers: dict[str, BufferFile] = {}
+        self._manifest: dict | None = None
+        self._made_dirs: set[Path] = set()
+
+    @property
+    def relative_dir(self) -> str:
+        return f"{VARS_ROOT}/{self.session}"
+
+    def save(self, mount_root: Path) -> None:
+        try:
+            self._save(mount_root / self.relative_dir)
+        except BaseException:
+            self._forget()
+            raise
+
+    def _save(self, directory: Path) -> None:
+        if directory not in self._made_dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(directory)
+        namespace = self.shell.user_ns
+        if isinstance(namespace, TrackedNamespace):
+            touched, everything = namespace.drain()
+        else:
+            touched, everything = set(), True
+        values = user_names(namespace, getattr(self.shell, "user_ns_hidden", {}))
+        modules = {name: value.__name__ for name, value in values.items() if isinstance(value, types.ModuleType)}
+        variables = {name: value for name, value in values.items() if name not in modules}
+        current = {name: id(value) for name, value in variables.items()}
+        revisit = names_to_revisit(current, self._ids, [g.saved() for g in self._groups.values()], touched,
+                                   everything or not self._manifest, module_reach(touched, values))
+        self.report = SaveReport(sorted(revisit))
+
+        names: dict[str, dict] = {name: {"module": module} for name, module in modules.items()}
+        captures: dict[str, Capture] = {}
+        for name in sorted(revisit):
+            try:
+                captures[name] = capture((variables[name],))
+            except Exception as exc:  # open files, sockets, generators, locks...
+                kind = type(variables[name]).__name__
+                names[name] = {"error": f"{kind} cannot be saved ({type(exc).__name__}: {exc})"[:300]}
+        kept = {gid: g for gid, g in self._groups.items() if not set(g.names) & revisit and
+                all(name in variables for name in g.names)}
+        components = group_by_sharing({n: c.reaches for n, c in captures.items()},
+                                      [g.saved() for g in kept.values()])
+        groups: dict[str, _Group] = {}
+        for component in components:
+            members = tuple(sorted(component))
+            for gid, group in list(kept.items()):
+                if set(group.names) & component:
+                    del kept[gid]  # pulled into a new group: saved again with it
+            together = captures[members[0]] if len(members) == 1 and members[0] in captures \
+                else capture(tuple(variables[name] for name in members))
+            gid = group_id(members)
+            groups[gid] = _Group(members, together.reaches, together.opaque,
+                                 self._write_group(directory, gid, members, together, variables))
+        groups.update(kept)
+        for gid, group in groups.items():
+            for name in group.names:
+                names[name] = {"group": gid}
+        for name, entry in self._names.items():  # unsaveable values nobody touched stay reported
+            if "error" in entry and name in variables and name not in revisit:
+                names[name] = entry
+        self._drop_unused_files(directory, groups)
+        self._groups, self._names = groups, names
+        self._ids = {name: current[name] for name in current if name in names}
+        manifest = {"format": FORMAT, "names": names, "groups": {gid: g.entry for gid, g in groups.items()}}
+        if manifest != self._manifest:
+            write_file(directory / MANIFEST, json.dumps(manifest, sort_keys=True).encode())
+            self._manifest = manifest
+
+    def _write_group(self, directory: Path, gid: str, names: tuple[str, ...], captured: Capture,
+                     variables: dict[str, Any]) -> dict:
+        entry: dict = {"names": list(names), "types": [type(variables[n]).__name__ for n in names]}
+        if len(captured.skeleton) <= INLINE_BYTES and not captured.buffers:
+            entry["inline"] = base64.b64encode(captured.skeleton).decode()
+        else:
+            entry["skeleton"] = skeleton_file(gid)
+            previous = self._groups.get(gid)
+            if previous is None or previous.entry.get("skeleton_hash") != blake3.blake3(captured.skeleton).hexdigest():
+                write_file(directory / entry["skeleton"], captured.skeleton)
+                self.report.written_bytes += len(captured.skeleton)
+            entry["skeleton_hash"] = blake3.blake3(captured.skeleton).hexdigest()
+        entry["buffers"] = [self._write_buffer(directory, gid, i, view) for i, view in enumerate(captured.buffers)]
+        return entry
+
+    def _write_buffer(self, directory: Path, gid: str, index: int, view: memoryview) -> dict:
+        """Write the blocks of ``view`` that differ from what its file holds; name the file by
+        the buffer's address, so the same array finds its file again whatever its group."""
+        address = buffer_address(view)
+        name = f"{address:x}.buf" if address is not None else f"{gid}-{index}.buf"
+        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        digests = self._digests(view)
+        self.report.hashed_bytes += view.nbytes
+        held = self._buffers.pop(name, None)
+        flags = os.O_WRONLY | os.O_CREAT | (0 if held else os.O_TRUNC)
+        fd = os.open(directory / name, flags, 0o600)
+        try:
+            for start, end in changed_runs(held.digests if held else [], digests, view.nbytes):
+                write_all(fd, view[start:end], start)
+                self.report.written_bytes += end - start
+            if held and held.size > view.nbytes:
+                os.ftruncate(fd, view.nbytes)
+        finally:
+            os.close(fd)
+        self._buffers[name] = BufferFile(view.nbytes, digests)
+        return {"file": name, "size": view.nbytes}
+
+    def _digests(self, view: memoryview) -> list[bytes]:
+        starts = range(0, view.nbytes, HASH_BLOCK)
+        if view.nbytes < _THREADED_MIN:
+            return [blake3.blake3(view[s:s + HASH_BLOCK]).digest(16) for s in starts]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="cowfs-hash")
+        half = (len(starts) // 2) * HASH_BLOCK
+
+        def run(lo: int, hi: int) -> list[bytes]:  # blake3 releases the GIL: both cores hash
+            return [blake3.blake3(view[s:min(s + HASH_BLOCK, hi)]).digest(16) for s in range(lo, hi, HASH_BLOCK)]
+
+        first = self._pool.submit(run, 0, half)
+        second = run(half, view.nbytes)
+        return first.result() + second
+
+    def _drop_unused_files(self, directory: Path, groups: dict[str, _Group]) -> None:
+        wanted = {b["file"] for g in groups.values() for b in g.entry["buffers"]}
+        wanted |= {g.entry["skeleton"] for g in groups.values() if "skeleton" in g.entry}
+        stale = {b["file"] for g in self._groups.values() for b in g.entry["buffers"]}
+        stale |= {g.entry["skeleton"] for g in self._groups.values() if "skeleton" in g.entry}
+        for name in stale - wanted:
+            (directory / name).unlink(missing_ok=True)
+            self._buffers.pop(name, None)
+
+
+def module_reach(touched: set[str], values: dict[str, Any]) -> frozenset[int]:
+    """Ids of the attributes of the modules a cell used (directly, or through a function or
+    class imported from them): code there can change those objects without any name of the
+    namespace being read, so a group that reaches one must be looked at again."""
+    found: set[int] = set()
+    for name in touched:
+        value = values.get(name)
+        if isinstance(value, types.ModuleType):
+            module = value
+        elif callable(value) and getattr(value, "__module__", "__main__") not in ("__main__", None):
+            module = sys.modules.get(value.__module__)
+        else:
+            continue
+        if module is not None and module.__name__ != "__main__":
+            found.update(id(attr) for attr in vars(module).values())
+    return frozenset(found)
+
+
+def changed_runs(old: list[bytes], new: list[bytes], size: int) -> list[tuple[int, int]]:
+    """Byte ranges of the hash blocks that differ, adjacent ones merged into one write."""
+    runs: list[tuple[int, int]] = []
+    for i, digest in enumerate(new):
+        if i < len(old) and old[i] == digest:
+            continue
+        start, end = i * HASH_BLOCK, min((i + 1) * HASH_BLOCK, size)
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
+
+
+def buffer_address(view: memoryview) -> int | None:
+    """Where the buffer's memory starts (numpy exports every buffer pickle hands out here)."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    try:
+        return int(numpy.frombuffer(view, dtype=numpy.uint8).ctypes.data)
+    except (TypeError, ValueError):
+        return None
+
+
+def write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
+
+
+def write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, memoryview(data), 0)
+    finally:
+        os.close(fd)
