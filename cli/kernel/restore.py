@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
-from typing import Any
+from typing import Any, Callable
 
 import cloudpickle
 
@@ -55,20 +55,27 @@ def load_namespace(store: Store, snapshot: SnapshotRecord,
     session_dir = snapshot.meta.get("vars")
     if not session_dir:
         raise RestoreError(f"snapshot {snapshot.name} was not taken by a kernel that saved its variables")
-    files = _SavedFiles(store, snapshot, session_dir)
-    raw = files.read(MANIFEST)
+    return load_saved(_SavedFiles(store, snapshot, session_dir).read, wanted, snapshot.name)
+
+
+Reader = Callable[..., "bytearray | None"]  # (file name relative to the session dir, size=None)
+
+
+def load_saved(read: Reader, wanted: list[str] | None, where: str) -> tuple[dict[str, Any], list[str]]:
+    """The loading itself, over any way of reading the session directory's files."""
+    raw = read(MANIFEST)
     if raw is None:
         if wanted:
-            raise RestoreError(f"no variables were saved at {snapshot.name}")
+            raise RestoreError(f"no variables were saved at {where}")
         return {}, []
     manifest = json.loads(raw)
     if manifest.get("format") != 2:
-        return _load_format_1(files, manifest, wanted)
+        return _load_format_1(read, manifest, wanted)
     names: dict[str, dict] = manifest["names"]
     missing = [name for name in wanted or [] if name not in names]
     if missing:
         raise RestoreError(f"{', '.join(missing)} {'was' if len(missing) == 1 else 'were'} not saved at "
-                           f"{snapshot.name}; saved there: {', '.join(sorted(names)) or '(nothing)'}")
+                           f"{where}; saved there: {', '.join(sorted(names)) or '(nothing)'}")
     chosen = sorted(names) if not wanted else wanted
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -83,7 +90,7 @@ def load_namespace(store: Store, snapshot: SnapshotRecord,
                 if gid not in loaded_groups:
                     loaded_groups.add(gid)
                     group = manifest["groups"][gid]
-                    values.update(zip(group["names"], _load_group(files, group)))
+                    values.update(zip(group["names"], _load_group(read, group)))
             else:
                 problems.append(f"{name}: not saved: {entry.get('error', 'unknown reason')}")
         except Exception as exc:
@@ -91,23 +98,23 @@ def load_namespace(store: Store, snapshot: SnapshotRecord,
     return values, problems
 
 
-def _load_group(files: _SavedFiles, group: dict) -> tuple[Any, ...]:
+def _load_group(read: Reader, group: dict) -> tuple[Any, ...]:
     if "inline" in group:
         skeleton = base64.b64decode(group["inline"])
     else:
-        skeleton = files.read(group["skeleton"])
+        skeleton = read(group["skeleton"])
         if skeleton is None:
             raise RestoreError("its saved file is missing")
     buffers = []
     for buffer in group["buffers"]:
-        data = files.read(buffer["file"], buffer["size"])
+        data = read(buffer["file"], buffer["size"])
         if data is None:
             raise RestoreError(f"its buffer file {buffer['file']} is missing")
         buffers.append(data)
     return load(bytes(skeleton), buffers)
 
 
-def _load_format_1(files: _SavedFiles, manifest: dict, wanted: list[str] | None) -> tuple[dict[str, Any], list[str]]:
+def _load_format_1(read: Reader, manifest: dict, wanted: list[str] | None) -> tuple[dict[str, Any], list[str]]:
     """Variables saved before groups and out-of-band buffers existed: one pickle per name."""
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -120,7 +127,7 @@ def _load_format_1(files: _SavedFiles, manifest: dict, wanted: list[str] | None)
             elif "inline" in entry:
                 values[name] = cloudpickle.loads(base64.b64decode(entry["inline"]))
             elif "file" in entry:
-                data = files.read(entry["file"])
+                data = read(entry["file"])
                 if data is None:
                     raise RestoreError("its saved file is missing")
                 values[name] = cloudpickle.loads(data)
