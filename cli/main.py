@@ -214,7 +214,7 @@ def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: 
 
 
 def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json: bool) -> None:
-    from cowfs.fs.history import files_changed
+    from cowfs.fs.history import files_changed, variables_state
 
     rows = []
     for run in runs:
@@ -225,6 +225,7 @@ def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json
             "cell_id": meta.get("cell_id"), "execution_count": meta.get("execution_count"),
             "first_line": meta.get("first_line", ""), "success": meta.get("success"), "error": meta.get("error"),
             "files_changed": files_changed(store, run.after), "bytes_added": run.after.bytes_added,
+            "variables": variables_state(store, run.after),
         })
     if as_json:
         emit_json(rows)
@@ -232,8 +233,8 @@ def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json
     table([[f"{r['before'] or '-'}..{r['after']}", human_time(r["time"]), os.path.basename(r["notebook"] or "-"),
             f"[{r['execution_count']}]", "ok" if r["success"] else (r["error"] or "error").split(":")[0],
             "no change" if not r["files_changed"] else f"{r['files_changed']} changed", human_size(r["bytes_added"]),
-            r["first_line"][:60]] for r in rows],
-          ["SNAPSHOTS", "TIME", "NOTEBOOK", "CELL", "RESULT", "FILES", "ADDED", "FIRST LINE"])
+            (r["variables"] or "-").split(":")[0], r["first_line"][:60]] for r in rows],
+          ["SNAPSHOTS", "TIME", "NOTEBOOK", "CELL", "RESULT", "FILES", "ADDED", "VARIABLES", "FIRST LINE"])
 
 
 @cli.command()

@@ -39,6 +39,18 @@ def cell_runs(snapshots: list[SnapshotRecord]) -> list[CellRun]:
     return runs
 
 
+def variables_state(store: Store, record: SnapshotRecord) -> str | None:
+    """Whether a cell's variables can be restored: "complete" once the snapshot holding them is
+    on disk, "writing" before, "not saved: why" when the kernel could not save them, None when
+    no kernel saved variables there."""
+    if not record.meta.get("vars"):
+        return None
+    if record.meta.get("vars_saved") is False:
+        return f"not saved: {record.meta.get('vars_error', 'unknown reason')}"
+    holder = (store.snapshot(record.same_as) if record.same_as else None) or record
+    return "complete" if record.durable or holder.durable else "writing"
+
+
 def files_changed(store: Store, record: SnapshotRecord) -> int:
     """How many files (not directories) the epoch closed by ``record`` changed or removed."""
     if record.same_as is not None:

@@ -45,16 +45,17 @@ class Capture:
 
 
 class _Pickler(cloudpickle.Pickler):
-    def __init__(self, sink: io.BytesIO, buffers: list[pickle.PickleBuffer]) -> None:
+    def __init__(self, sink: io.BytesIO, buffers: list[pickle.PickleBuffer], out_of_band: bool) -> None:
         super().__init__(sink, protocol=5, buffer_callback=self._take_buffer)
         self._buffers = buffers
+        self._out_of_band = out_of_band
         self.memory_roots: set[int] = set()
         self.opaque = False
 
     def _take_buffer(self, buffer: pickle.PickleBuffer) -> bool:
         view = buffer.raw()
         self.memory_roots.add(id(memory_root(view.obj)))
-        if view.nbytes < OUT_OF_BAND_MIN:
+        if view.nbytes < OUT_OF_BAND_MIN or not self._out_of_band:
             return True  # in band
         self._buffers.append(buffer)
         return False
@@ -94,11 +95,11 @@ def _pickled_by_reference(obj: Any) -> bool:
         and getattr(obj, "__module__", "__main__") not in ("__main__", None)
 
 
-def capture(values: tuple[Any, ...]) -> Capture:
+def capture(values: tuple[Any, ...], out_of_band: bool = True) -> Capture:
     """Pickle ``values`` together (so objects shared between them stay shared when loaded)."""
     sink = io.BytesIO()
     buffers: list[pickle.PickleBuffer] = []
-    pickler = _Pickler(sink, buffers)
+    pickler = _Pickler(sink, buffers, out_of_band)
     pickler.dump(values)
     memo = pickler.memo.copy()
     roots, opaque = pickler.memory_roots, pickler.opaque

@@ -61,6 +61,8 @@ class CellSnapshots:
     pending: dict | None = None  # what pre_run_cell learnt, for post_run_cell
     timings: list[float] = field(default_factory=list)  # seconds spent in each hook call
     saver: NamespaceSaver | None = None
+    vars_warned: bool = False
+    reported_unsaveable: set[str] = field(default_factory=set)
     _mount_cache: tuple[str, MountEntry] | None = None
 
     def __post_init__(self) -> None:
@@ -133,13 +135,39 @@ class CellSnapshots:
         try:
             entry = self._mount()
             if save_vars:
-                self.saver.save(Path(entry.mountpoint))
+                meta = {**meta, **self._save_variables(Path(entry.mountpoint))}
             snapshot(entry.mountpoint, label[:200], meta, timeout=SNAPSHOT_TIMEOUT)
+            if save_vars:
+                self._report_variables(meta)
         except (DaemonError, OSError) as exc:
             self._mount_cache = None  # perhaps unmounted and mounted again: look afresh next time
             self._warn(exc)
             return
         self.warned = False  # working again: warn anew if it breaks again
+
+    def _save_variables(self, mount_root: Path) -> dict:
+        """Save what the cell may have changed; a failure costs the variables of this cell
+        (said once, in one line), never the cell or its files' snapshot."""
+        try:
+            self.saver.save(mount_root)
+        except Exception as exc:
+            return {"vars_saved": False, "vars_error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"vars_saved": True}
+
+    def _report_variables(self, meta: dict) -> None:
+        """Printed only once the snapshot is taken: when the daemon is gone, the one line that
+        says cells are not snapshotted covers the variables too."""
+        if not meta["vars_saved"]:
+            if not self.vars_warned:
+                self.vars_warned = True
+                print(f"cowfs: variables are not being saved ({meta['vars_error']}); files are still "
+                      "snapshotted", file=sys.stderr)
+            return
+        self.vars_warned = False
+        for name, why in self.saver.unsaveable().items():
+            if name not in self.reported_unsaveable:
+                self.reported_unsaveable.add(name)
+                print(f"cowfs: {name} will not come back with %cowfs restore: {why}", file=sys.stderr)
 
     def _warn(self, exc: BaseException) -> None:
         if not self.warned:

@@ -7,8 +7,11 @@ can be restored from anywhere, and every chunk is checked against its hash on th
 from __future__ import annotations
 
 import base64
+import fcntl
 import importlib
 import json
+import os
+import time
 from typing import Any, Callable
 
 import cloudpickle
@@ -20,6 +23,7 @@ from cowfs.fs.store import Store
 from cowfs.fs.tree import Tree
 
 READ_PIECE = 8 << 20
+DURABLE_WAIT = 120.0  # a flush of a few GiB of changed buffers fits in this on a slow disk
 
 
 class RestoreError(Exception):
@@ -55,7 +59,44 @@ def load_namespace(store: Store, snapshot: SnapshotRecord,
     session_dir = snapshot.meta.get("vars")
     if not session_dir:
         raise RestoreError(f"snapshot {snapshot.name} was not taken by a kernel that saved its variables")
+    if snapshot.meta.get("vars_saved") is False:
+        raise RestoreError(f"the variables of {snapshot.name} could not be saved ({snapshot.meta.get('vars_error')}); "
+                           "restore an earlier snapshot")
+    snapshot = wait_until_durable(store, snapshot)
     return load_saved(_SavedFiles(store, snapshot, session_dir).read, wanted, snapshot.name)
+
+
+def wait_until_durable(store: Store, snapshot: SnapshotRecord, timeout: float = DURABLE_WAIT) -> SnapshotRecord:
+    """A snapshot is taken at once and written in the background; its variables can be read
+    only once that write has committed, so a restore right after a cell waits for it."""
+    # A snapshot of an unchanged tree shares its epoch, and its durability, with an earlier one.
+    holder = (store.snapshot(snapshot.same_as) if snapshot.same_as else None) or snapshot
+    deadline = time.monotonic() + timeout
+    while not (holder.durable or snapshot.durable):
+        if not branch_is_served(store, holder.branch):
+            raise RestoreError(f"{snapshot.name} was never written to disk: the daemon that took it stopped "
+                               "first; restore an earlier snapshot")
+        if time.monotonic() > deadline:
+            raise RestoreError(f"{snapshot.name} is still being written after {timeout:.0f} s; check "
+                               "`cowfs status`, then try again")
+        time.sleep(0.02)
+        holder = store.snapshot(holder.id) or holder
+    return snapshot
+
+
+def branch_is_served(store: Store, branch_id: int) -> bool:
+    """Whether a daemon holds the branch's lock (it is released when the daemon dies)."""
+    try:
+        fd = os.open(store.path / "locks" / f"branch-{branch_id}", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 Reader = Callable[..., "bytearray | None"]  # (file name relative to the session dir, size=None)

@@ -12,6 +12,9 @@ by pickle protocol 5). A save:
 - hashes a revisited buffer in blocks and rewrites only the blocks whose hash changed, in
   place: one changed value in a 1 GiB frame writes one block, which is all the store adds.
 
+``COWFS_VARS_MODE=full`` pickles every variable whole after every cell, as cowfs did before
+tracking existed: the benchmark's baseline, not a mode to use.
+
 Any failure forgets what the saver knew of the files, so the next save rewrites them whole
 rather than trusting files a failed write may have left half-changed.
 """
@@ -101,6 +104,10 @@ class NamespaceSaver:
             self._forget()
             raise
 
+    def unsaveable(self) -> dict[str, str]:
+        """The variables the last save could not pickle, and why."""
+        return {name: entry["error"] for name, entry in self._names.items() if "error" in entry}
+
     def _save(self, directory: Path) -> None:
         if directory not in self._made_dirs:
             directory.mkdir(parents=True, exist_ok=True)
@@ -110,19 +117,20 @@ class NamespaceSaver:
             touched, everything = namespace.drain()
         else:
             touched, everything = set(), True
+        full = os.environ.get("COWFS_VARS_MODE") == "full"
         values = user_names(namespace, getattr(self.shell, "user_ns_hidden", {}))
         modules = {name: value.__name__ for name, value in values.items() if isinstance(value, types.ModuleType)}
         variables = {name: value for name, value in values.items() if name not in modules}
         current = {name: id(value) for name, value in variables.items()}
         revisit = names_to_revisit(current, self._ids, [g.saved() for g in self._groups.values()], touched,
-                                   everything or not self._manifest, module_reach(touched, values))
+                                   everything or full or not self._manifest, module_reach(touched, values))
         self.report = SaveReport(sorted(revisit))
 
         names: dict[str, dict] = {name: {"module": module} for name, module in modules.items()}
         captures: dict[str, Capture] = {}
         for name in sorted(revisit):
             try:
-                captures[name] = capture((variables[name],))
+                captures[name] = capture((variables[name],), out_of_band=not full)
             except Exception as exc:  # open files, sockets, generators, locks...
                 kind = type(variables[name]).__name__
                 names[name] = {"error": f"{kind} cannot be saved ({type(exc).__name__}: {exc})"[:300]}
@@ -137,7 +145,7 @@ class NamespaceSaver:
                 if set(group.names) & component:
                     del kept[gid]  # pulled into a new group: saved again with it
             together = captures[members[0]] if len(members) == 1 and members[0] in captures \
-                else capture(tuple(variables[name] for name in members))
+                else capture(tuple(variables[name] for name in members), out_of_band=not full)
             gid = group_id(members)
             groups[gid] = _Group(members, together.reaches, together.opaque,
                                  self._write_group(directory, gid, members, together, variables))
