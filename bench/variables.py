@@ -46,7 +46,13 @@ df = pd.DataFrame(np.random.default_rng(1).random((rows, 8)), columns=[f'c{{i}}'
 arr = np.random.default_rng(2).random({size} * 2**20 // 8)
 X = np.random.default_rng(3).random((2000, 10)); labels = (X[:, 0] > 0.5).astype(int)
 """
-HOOKS = "__import__('cowfs.cli.kernel.extension', fromlist=['x'])._active.timings"
+ACTIVE = "__import__('cowfs.cli.kernel.extension', fromlist=['x'])._active"
+HOOKS = f"{ACTIVE}.timings"
+SETTLE = f"{ACTIVE}.saver.settle()"  # wait for a background write, outside the measured time
+
+
+def quiet(message: dict) -> None:
+    """Cells' own output is not part of the report."""
 
 
 def cowfs(*args: str) -> str:
@@ -82,7 +88,7 @@ def run_setup(directory: Path, ipython_dir: Path, size: int, reps: int, measure_
               extra_env: dict | None = None) -> dict:
     manager, client = kernel_in(directory, ipython_dir, extra_env)
     try:
-        client.execute_interactive(SETUP.format(size=size), timeout=600)
+        client.execute_interactive(SETUP.format(size=size), timeout=600, output_hook=quiet)
         pid = expression(client, "__import__('os').getpid()")
         hooks_before = len(expression(client, HOOKS)) if measure_store else 0
         times: dict[str, list[float]] = {name: [] for name in CELLS}
@@ -92,9 +98,10 @@ def run_setup(directory: Path, ipython_dir: Path, size: int, reps: int, measure_
             for name, cell in CELLS.items():
                 before = stored_bytes(directory) if measure_store else 0
                 started = time.perf_counter()
-                client.execute_interactive(cell.format(i=i + 2), timeout=600)
+                client.execute_interactive(cell.format(i=i + 2), timeout=600, output_hook=quiet)
                 times[name].append((time.perf_counter() - started) * 1000)
                 if measure_store:
+                    expression(client, SETTLE)
                     added[name].append(stored_bytes(directory) - before)
                     timings = expression(client, HOOKS)
                     hooks[name].append(sum(timings[hooks_before:]) * 1000)
@@ -129,10 +136,10 @@ def restore_times(mnt: Path, ipython_dir: Path) -> dict[str, tuple[float, float,
         read = time.perf_counter() - started
         manager, client = kernel_in(mnt, ipython_dir)
         try:
-            client.execute_interactive("import numpy, pandas", timeout=60)  # imports are not the restore
+            client.execute_interactive("import numpy, pandas", timeout=60, output_hook=quiet)  # not the restore
             subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=True)
             started = time.perf_counter()
-            client.execute_interactive(f"%cowfs restore {last.name} {name}", timeout=600)
+            client.execute_interactive(f"%cowfs restore {last.name} {name}", timeout=600, output_hook=quiet)
             restore = time.perf_counter() - started
         finally:
             client.stop_channels()

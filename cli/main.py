@@ -204,7 +204,8 @@ def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: 
             return
     finally:
         store.close()
-    records = records[::-1][:limit or None]
+    # Companion snapshots hold variables written in the background; `log --cells` reports them.
+    records = [r for r in records if r.meta.get("kind") != "vars"][::-1][:limit or None]
     if as_json:
         emit_json([{**describe(r), "branch_name": names.get(r.branch)} for r in records])
         return
@@ -216,6 +217,7 @@ def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: 
 def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json: bool) -> None:
     from cowfs.fs.history import files_changed, variables_state
 
+    by_name = {r.name: r for r in store.snapshots()}
     rows = []
     for run in runs:
         meta = run.meta
@@ -225,7 +227,7 @@ def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json
             "cell_id": meta.get("cell_id"), "execution_count": meta.get("execution_count"),
             "first_line": meta.get("first_line", ""), "success": meta.get("success"), "error": meta.get("error"),
             "files_changed": files_changed(store, run.after), "bytes_added": run.after.bytes_added,
-            "variables": variables_state(store, run.after),
+            "variables": variables_state(store, run.after, by_name),
         })
     if as_json:
         emit_json(rows)

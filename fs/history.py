@@ -39,16 +39,38 @@ def cell_runs(snapshots: list[SnapshotRecord]) -> list[CellRun]:
     return runs
 
 
-def variables_state(store: Store, record: SnapshotRecord) -> str | None:
+def variables_record(record: SnapshotRecord, by_name: dict[str, SnapshotRecord]) -> SnapshotRecord | None:
+    """The snapshot whose files hold ``record``'s variables, None while they are being written.
+
+    A before-cell snapshot's variables are those of the after-cell snapshot before it
+    (``vars_from``). An after-cell snapshot whose buffers were written in the background
+    (``vars_pending``) has them in its companion (``kind: vars``, ``for``: its name)."""
+    if record.meta.get("phase") == "before" and record.meta.get("vars_from") in by_name:
+        record = by_name[record.meta["vars_from"]]
+    if not record.meta.get("vars_pending"):
+        return record
+    return next((r for r in by_name.values() if r.meta.get("kind") == "vars" and r.meta.get("for") == record.name),
+                None)
+
+
+def is_durable(store: Store, record: SnapshotRecord) -> bool:
+    """A snapshot of an unchanged tree shares its epoch, and its durability, with an earlier one."""
+    holder = (store.snapshot(record.same_as) if record.same_as else None) or record
+    return record.durable or holder.durable
+
+
+def variables_state(store: Store, record: SnapshotRecord, by_name: dict[str, SnapshotRecord]) -> str | None:
     """Whether a cell's variables can be restored: "complete" once the snapshot holding them is
     on disk, "writing" before, "not saved: why" when the kernel could not save them, None when
     no kernel saved variables there."""
     if not record.meta.get("vars"):
         return None
-    if record.meta.get("vars_saved") is False:
-        return f"not saved: {record.meta.get('vars_error', 'unknown reason')}"
-    holder = (store.snapshot(record.same_as) if record.same_as else None) or record
-    return "complete" if record.durable or holder.durable else "writing"
+    source = variables_record(record, by_name)
+    if source is None:
+        return "writing"
+    if source.meta.get("vars_saved") is False:
+        return f"not saved: {source.meta.get('vars_error', 'unknown reason')}"
+    return "complete" if is_durable(store, source) else "writing"
 
 
 def files_changed(store: Store, record: SnapshotRecord) -> int:

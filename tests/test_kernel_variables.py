@@ -64,8 +64,9 @@ TRUTH = "__import__('namespace_fingerprint').describe(get_ipython().user_ns)"
 class Kernel:
     """A real IPython kernel started in ``directory`` with the extension installed."""
 
-    def __init__(self, directory: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    def __init__(self, directory: Path, env: dict | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+               **(env or {})}
         self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(directory), env=env)
 
     def run(self, code: str) -> dict:
@@ -117,14 +118,17 @@ def restored_description(ws, record) -> tuple[str, list[str]]:
 
 
 cells = st.lists(st.sampled_from(OPERATIONS), min_size=4, max_size=12)
+# Saving on the cell's path, and from a forked child for every save that has a buffer (while
+# the next cells already run and change the same arrays).
+MODES = {"inline": {"COWFS_VARS_BACKGROUND": "0"}, "background": {"COWFS_VARS_BACKGROUND_MIN": "1"}}
 
 
 @settings(max_examples=int(os.environ.get("COWFS_VARIABLE_EXAMPLES", "12")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(program=cells)
-def test_restored_variables_equal_the_namespace_after_every_cell(kernel_ws, program):
+@given(program=cells, mode=st.sampled_from(sorted(MODES)))
+def test_restored_variables_equal_the_namespace_after_every_cell(kernel_ws, program, mode):
     ws = kernel_ws
-    kernel = Kernel(ws.mnt)
+    kernel = Kernel(ws.mnt, MODES[mode])
     truths: dict[int, str] = {}
     try:
         for k, template in enumerate([SETUP] + program):
@@ -139,7 +143,7 @@ def test_restored_variables_equal_the_namespace_after_every_cell(kernel_ws, prog
         restored, problems = restored_description(ws, snapshots[count])
         assert problems == []
         expected, got = json.loads(truth), json.loads(restored)
-        assert got == expected, f"cell [{count}] of {[SETUP] + program}: restored variables differ"
+        assert got == expected, f"cell [{count}] of {[SETUP] + program} ({mode}): restored variables differ"
 
 
 def test_frame_mutated_in_place_comes_back_as_it_was_before(kernel_ws):
@@ -180,3 +184,38 @@ def test_frame_mutated_in_place_comes_back_as_it_was_before(kernel_ws):
                               capture_output=True, text=True, check=True).stdout
     assert shape == (400000, 4)
     assert (first, b_sum) == eval(original), "the frame is the one from before the in-place change"
+
+
+def test_variables_written_in_the_background_belong_to_their_cell(kernel_ws):
+    ws = kernel_ws
+    kernel = Kernel(ws.mnt, MODES["background"])
+    try:
+        kernel.run("import numpy as np\narr = np.arange(1 << 20, dtype='float64')")
+        kernel.run("arr[:] = 7.0")  # runs while the child may still be writing the first version
+        kernel.run("arr[5] = -1.0")
+    finally:
+        kernel.stop()
+    snapshots = after_snapshots(ws)
+    store = ws.open_store()
+    try:
+        companions = {r.meta["for"] for r in store.snapshots() if r.meta.get("kind") == "vars"}
+    finally:
+        store.close()
+    assert {snapshots[n].name for n in (1, 2, 3)} <= companions, "each cell's buffers were written by a child"
+    assert all(snapshots[n].meta.get("vars_pending") for n in (1, 2, 3))
+    from cowfs.cli.kernel.restore import load_namespace
+
+    store = ws.open_store()
+    try:
+        first = load_namespace(store, snapshots[1])[0]["arr"]
+        second = load_namespace(store, snapshots[2])[0]["arr"]
+        third = load_namespace(store, snapshots[3])[0]["arr"]
+    finally:
+        store.close()
+    assert first[5] == 5.0 and first[-1] == (1 << 20) - 1
+    assert (second == 7.0).all()
+    assert third[5] == -1.0 and third[4] == 7.0
+    cells = json.loads(ws.cli("log", "--cells", "--json").stdout)
+    assert {c["variables"] for c in cells} == {"complete"}
+    plain = json.loads(ws.cli("log", "--json").stdout)
+    assert not any(s["meta"].get("kind") == "vars" for s in plain), "companions stay out of the plain log"

@@ -26,12 +26,13 @@ import blake3
 from cowfs.cli.client import DaemonError, mount_for, resolve_store_path, snapshot
 from cowfs.cli.kernel.namespace import install as track_namespace
 from cowfs.cli.kernel.restore import RestoreError, load_namespace
-from cowfs.cli.kernel.saver import NamespaceSaver
+from cowfs.cli.kernel.saver import NamespaceSaver, SaveFailed, SavePlan
 from cowfs.daemon.addresses import MountEntry
 from cowfs.fs.errors import StoreError
 from cowfs.fs.store import Store
 
 SNAPSHOT_TIMEOUT = 30.0
+BACKGROUND_MIN_BYTES = 32 << 20  # below this, hashing on the cell's path costs under ~5 ms
 
 
 def notebook_path(shell: Any) -> str | None:
@@ -62,6 +63,7 @@ class CellSnapshots:
     timings: list[float] = field(default_factory=list)  # seconds spent in each hook call
     saver: NamespaceSaver | None = None
     vars_warned: bool = False
+    last_after: str | None = None  # the last after-cell snapshot: a before-cell one's variables
     reported_unsaveable: set[str] = field(default_factory=set)
     _mount_cache: tuple[str, MountEntry] | None = None
 
@@ -133,26 +135,61 @@ class CellSnapshots:
 
     def _snapshot(self, label: str, meta: dict, save_vars: bool) -> None:
         try:
-            entry = self._mount()
+            root = Path(self._mount().mountpoint)
             if save_vars:
-                meta = {**meta, **self._save_variables(Path(entry.mountpoint))}
-            snapshot(entry.mountpoint, label[:200], meta, timeout=SNAPSHOT_TIMEOUT)
-            if save_vars:
-                self._report_variables(meta)
+                self._snapshot_with_variables(root, label[:200], meta)
+            else:
+                snapshot(root, label[:200], {**meta, "vars_from": self.last_after}, timeout=SNAPSHOT_TIMEOUT)
         except (DaemonError, OSError) as exc:
             self._mount_cache = None  # perhaps unmounted and mounted again: look afresh next time
             self._warn(exc)
             return
         self.warned = False  # working again: warn anew if it breaks again
 
-    def _save_variables(self, mount_root: Path) -> dict:
-        """Save what the cell may have changed; a failure costs the variables of this cell
-        (said once, in one line), never the cell or its files' snapshot."""
+    def _snapshot_with_variables(self, root: Path, label: str, meta: dict) -> None:
+        """The after-cell snapshot, holding the files and the variables of this instant.
+
+        Small changes are written before the snapshot is taken. Big buffers to hash are
+        written by a forked child after it: the snapshot is marked ``vars_pending`` and the
+        child takes a companion snapshot (``kind: vars``) once the variables are written,
+        which is where a restore reads them. Either way a failure costs the variables of
+        this cell (said once, in one line), never the cell or its files' snapshot."""
         try:
-            self.saver.save(mount_root)
+            plan = self._plan(root, meta["vars"])
         except Exception as exc:
-            return {"vars_saved": False, "vars_error": f"{type(exc).__name__}: {exc}"[:300]}
-        return {"vars_saved": True}
+            plan, meta = None, {**meta, "vars_saved": False, "vars_error": f"{type(exc).__name__}: {exc}"[:300]}
+        if plan is not None and background_allowed(plan):
+            try:
+                record = snapshot(root, label, {**meta, "vars_pending": True}, timeout=SNAPSHOT_TIMEOUT)
+            except BaseException:
+                self.saver.abandon()
+                raise
+            self.saver.apply_in_background(plan, root, companion_snapshot(root, record["id"], meta["vars"]))
+            self.last_after = record["id"]
+            self._report_variables({"vars_saved": True})
+            return
+        if plan is not None:
+            try:
+                self.saver.apply(plan, root)
+                meta = {**meta, "vars_saved": True}
+            except OSError as exc:
+                if not os.path.ismount(root):
+                    raise
+                meta = {**meta, "vars_saved": False, "vars_error": f"{type(exc).__name__}: {exc}"[:300]}
+        record = snapshot(root, label, meta, timeout=SNAPSHOT_TIMEOUT)
+        self.last_after = record["id"]
+        self._report_variables(meta)
+
+    def _plan(self, root: Path, session_dir: str) -> SavePlan:
+        try:
+            return self.saver.plan()
+        except SaveFailed as exc:
+            # The previous cell's background write failed (its child says so in a companion
+            # snapshot, unless it died first: then say it here). This cell starts afresh.
+            self._report_variables({"vars_saved": False, "vars_error": str(exc)})
+            if self.last_after:
+                companion_snapshot(root, self.last_after, session_dir)(str(exc))
+            return self.saver.plan()
 
     def _report_variables(self, meta: dict) -> None:
         """Printed only once the snapshot is taken: when the daemon is gone, the one line that
@@ -173,6 +210,26 @@ class CellSnapshots:
         if not self.warned:
             self.warned = True
             print(f"cowfs: cells are not being snapshotted ({exc})", file=sys.stderr)
+
+
+def background_allowed(plan: Any) -> bool:
+    """Fork only where it pays and is safe: big buffers to hash, a POSIX kernel, not turned off
+    (COWFS_VARS_BACKGROUND=0, e.g. where a GPU context or a C library's threads make fork unsafe).
+    COWFS_VARS_BACKGROUND_MIN sets "big" in bytes (the tests set it low to fork on every save)."""
+    threshold = int(os.environ.get("COWFS_VARS_BACKGROUND_MIN", BACKGROUND_MIN_BYTES))
+    return (hasattr(os, "fork") and plan.buffer_bytes >= max(threshold, 1)
+            and os.environ.get("COWFS_VARS_BACKGROUND", "1") != "0")
+
+
+def companion_snapshot(root: Path, after: str, session_dir: str):
+    """What the forked child does once the variables are written (or could not be)."""
+    def take(error: str | None) -> None:
+        meta = {"kind": "vars", "for": after, "vars": session_dir, "vars_saved": error is None}
+        if error is not None:
+            meta["vars_error"] = error
+        snapshot(root, f"variables of {after}", meta, timeout=SNAPSHOT_TIMEOUT)
+
+    return take
 
 
 def restore(shell: Any, ref: str, names: list[str] | None = None) -> None:

@@ -18,12 +18,14 @@ import cloudpickle
 
 from cowfs.cli.kernel.capture import load
 from cowfs.cli.kernel.vars_format import MANIFEST
+from cowfs.fs.history import is_durable, variables_record
 from cowfs.fs.records import SnapshotRecord
 from cowfs.fs.store import Store
 from cowfs.fs.tree import Tree
 
 READ_PIECE = 8 << 20
 DURABLE_WAIT = 120.0  # a flush of a few GiB of changed buffers fits in this on a slow disk
+KERNEL_GONE_GRACE = 10.0  # a child may outlive its kernel by the time it takes to finish writing
 
 
 class RestoreError(Exception):
@@ -59,29 +61,52 @@ def load_namespace(store: Store, snapshot: SnapshotRecord,
     session_dir = snapshot.meta.get("vars")
     if not session_dir:
         raise RestoreError(f"snapshot {snapshot.name} was not taken by a kernel that saved its variables")
-    if snapshot.meta.get("vars_saved") is False:
-        raise RestoreError(f"the variables of {snapshot.name} could not be saved ({snapshot.meta.get('vars_error')}); "
-                           "restore an earlier snapshot")
-    snapshot = wait_until_durable(store, snapshot)
-    return load_saved(_SavedFiles(store, snapshot, session_dir).read, wanted, snapshot.name)
+    source = variables_source(store, snapshot)
+    return load_saved(_SavedFiles(store, source, source.meta.get("vars", session_dir)).read, wanted, snapshot.name)
 
 
-def wait_until_durable(store: Store, snapshot: SnapshotRecord, timeout: float = DURABLE_WAIT) -> SnapshotRecord:
-    """A snapshot is taken at once and written in the background; its variables can be read
-    only once that write has committed, so a restore right after a cell waits for it."""
-    # A snapshot of an unchanged tree shares its epoch, and its durability, with an earlier one.
-    holder = (store.snapshot(snapshot.same_as) if snapshot.same_as else None) or snapshot
+def variables_source(store: Store, snapshot: SnapshotRecord, timeout: float = DURABLE_WAIT) -> SnapshotRecord:
+    """The snapshot to read ``snapshot``'s variables from, once they are on disk.
+
+    A snapshot is taken at once and written in the background, and big variables may be
+    written after it by the kernel's child: a restore right after a cell waits for both."""
     deadline = time.monotonic() + timeout
-    while not (holder.durable or snapshot.durable):
-        if not branch_is_served(store, holder.branch):
-            raise RestoreError(f"{snapshot.name} was never written to disk: the daemon that took it stopped "
-                               "first; restore an earlier snapshot")
+    kernel_gone_since: float | None = None
+    while True:
+        by_name = {r.name: r for r in store.snapshots()}
+        source = variables_record(by_name.get(snapshot.name, snapshot), by_name)
+        if source is not None:
+            if source.meta.get("vars_saved") is False:
+                raise RestoreError(f"the variables of {snapshot.name} could not be saved "
+                                   f"({source.meta.get('vars_error')}); restore an earlier snapshot")
+            if is_durable(store, source):
+                return source
+            if not branch_is_served(store, source.branch):
+                raise RestoreError(f"{snapshot.name} was never written to disk: the daemon that took it "
+                                   "stopped first; restore an earlier snapshot")
+        elif not kernel_alive(snapshot.meta.get("vars", "")):
+            kernel_gone_since = kernel_gone_since or time.monotonic()
+            if time.monotonic() - kernel_gone_since > KERNEL_GONE_GRACE:
+                raise RestoreError(f"the variables of {snapshot.name} were still being written when their "
+                                   "kernel stopped; restore an earlier snapshot")
         if time.monotonic() > deadline:
-            raise RestoreError(f"{snapshot.name} is still being written after {timeout:.0f} s; check "
-                               "`cowfs status`, then try again")
-        time.sleep(0.02)
-        holder = store.snapshot(holder.id) or holder
-    return snapshot
+            raise RestoreError(f"the variables of {snapshot.name} are still being written after {timeout:.0f} s; "
+                               "check `cowfs status`, then try again")
+        time.sleep(0.05)
+
+
+def kernel_alive(session_dir: str) -> bool:
+    """Sessions are named ``<kernel pid>-<random>``: is that kernel still running here?"""
+    pid = os.path.basename(session_dir).split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def branch_is_served(store: Store, branch_id: int) -> bool:

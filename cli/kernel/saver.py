@@ -27,13 +27,14 @@ import os
 import secrets
 import sys
 import types
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import blake3
 
+from cowfs.cli.kernel.background import BackgroundWrite
 from cowfs.cli.kernel.capture import Capture, capture
 from cowfs.cli.kernel.namespace import TrackedNamespace, user_names
 from cowfs.cli.kernel.planner import SavedGroup, group_by_sharing, names_to_revisit
@@ -75,6 +76,22 @@ class _Group:
         return SavedGroup(frozenset(self.names), self.reaches, self.opaque)
 
 
+@dataclass
+class SavePlan:
+    """All a save will write, decided in the kernel in about a millisecond per revisited group.
+    Carrying it out (hashing buffers, writing the blocks that changed) is the slow part, and
+    can happen here or in a forked child that sees the heap frozen as it is now."""
+
+    skeletons: dict[str, bytes] = field(default_factory=dict)  # file -> new content
+    buffers: list[tuple[str, memoryview]] = field(default_factory=list)  # file -> live bytes
+    stale: set[str] = field(default_factory=set)  # files no group uses any more
+    manifest: bytes | None = None  # None: unchanged
+
+    @property
+    def buffer_bytes(self) -> int:
+        return sum(view.nbytes for _, view in self.buffers)
+
+
 class NamespaceSaver:
     """Keeps one kernel's saved variables up to date, one save per cell."""
 
@@ -82,10 +99,11 @@ class NamespaceSaver:
         self.shell = shell
         self.session = session or new_session()
         self.report = SaveReport()
-        self._pool: ThreadPoolExecutor | None = None
+        self.background: BackgroundWrite | None = None
         self._forget()
 
     def _forget(self) -> None:
+        """Trust nothing known of the files: the next save looks at every name and rewrites all."""
         self._groups: dict[str, _Group] = {}
         self._ids: dict[str, int] = {}
         self._names: dict[str, dict] = {}
@@ -93,25 +111,66 @@ class NamespaceSaver:
         self._manifest: dict | None = None
         self._made_dirs: set[Path] = set()
 
+    abandon = _forget  # a plan that will never be carried out leaves the files unknown
+
     @property
     def relative_dir(self) -> str:
         return f"{VARS_ROOT}/{self.session}"
 
     def save(self, mount_root: Path) -> None:
-        try:
-            self._save(mount_root / self.relative_dir)
-        except BaseException:
-            self._forget()
-            raise
+        """Plan and write at once (the whole save on the cell's path)."""
+        self.apply(self.plan(), mount_root)
 
     def unsaveable(self) -> dict[str, str]:
         """The variables the last save could not pickle, and why."""
         return {name: entry["error"] for name, entry in self._names.items() if "error" in entry}
 
-    def _save(self, directory: Path) -> None:
-        if directory not in self._made_dirs:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(directory)
+    def plan(self) -> SavePlan:
+        try:
+            return self._plan()
+        except BaseException:
+            self._forget()
+            raise
+
+    def apply(self, plan: SavePlan, mount_root: Path) -> None:
+        try:
+            self._apply(plan, mount_root / self.relative_dir)
+        except BaseException:
+            self._forget()
+            raise
+
+    def apply_in_background(self, plan: SavePlan, mount_root: Path, then: Callable[[str | None], None]) -> None:
+        """Write ``plan`` from a forked child, which calls ``then(error or None)`` when done."""
+        def work() -> dict:
+            try:
+                self._apply(plan, mount_root / self.relative_dir)
+            except Exception as exc:
+                then(f"{type(exc).__name__}: {exc}"[:300])
+                raise
+            then(None)
+            return {"buffers": {name: [held.size, [d.hex() for d in held.digests]]
+                                for name, held in self._buffers.items()},
+                    "report": [self.report.hashed_bytes, self.report.written_bytes]}
+
+        self.background = BackgroundWrite.start(work)
+
+    def settle(self) -> str | None:
+        """Wait for the write in flight, if any, and learn what it wrote; its error, if it failed."""
+        if self.background is None:
+            return None
+        outcome, self.background = self.background.wait(), None
+        if "error" in outcome:
+            self._forget()
+            return outcome["error"]
+        self._buffers = {name: BufferFile(size, [bytes.fromhex(d) for d in digests])
+                         for name, (size, digests) in outcome["buffers"].items()}
+        self.report.hashed_bytes, self.report.written_bytes = outcome["report"]
+        return None
+
+    def _plan(self) -> SavePlan:
+        failure = self.settle()
+        if failure is not None:
+            raise SaveFailed(f"writing the previous cell's variables failed ({failure})")
         namespace = self.shell.user_ns
         if isinstance(namespace, TrackedNamespace):
             touched, everything = namespace.drain()
@@ -126,6 +185,7 @@ class NamespaceSaver:
                                    everything or full or not self._manifest, module_reach(touched, values))
         self.report = SaveReport(sorted(revisit))
 
+        plan = SavePlan()
         names: dict[str, dict] = {name: {"module": module} for name, module in modules.items()}
         captures: dict[str, Capture] = {}
         for name in sorted(revisit):
@@ -148,7 +208,7 @@ class NamespaceSaver:
                 else capture(tuple(variables[name] for name in members), out_of_band=not full)
             gid = group_id(members)
             groups[gid] = _Group(members, together.reaches, together.opaque,
-                                 self._write_group(directory, gid, members, together, variables))
+                                 self._plan_group(plan, gid, members, together, variables))
         groups.update(kept)
         for gid, group in groups.items():
             for name in group.names:
@@ -156,36 +216,55 @@ class NamespaceSaver:
         for name, entry in self._names.items():  # unsaveable values nobody touched stay reported
             if "error" in entry and name in variables and name not in revisit:
                 names[name] = entry
-        self._drop_unused_files(directory, groups)
+        plan.stale = _files_of(self._groups) - _files_of(groups)
         self._groups, self._names = groups, names
         self._ids = {name: current[name] for name in current if name in names}
         manifest = {"format": FORMAT, "names": names, "groups": {gid: g.entry for gid, g in groups.items()}}
         if manifest != self._manifest:
-            write_file(directory / MANIFEST, json.dumps(manifest, sort_keys=True).encode())
+            plan.manifest = json.dumps(manifest, sort_keys=True).encode()
             self._manifest = manifest
+        return plan
 
-    def _write_group(self, directory: Path, gid: str, names: tuple[str, ...], captured: Capture,
-                     variables: dict[str, Any]) -> dict:
+    def _plan_group(self, plan: SavePlan, gid: str, names: tuple[str, ...], captured: Capture,
+                    variables: dict[str, Any]) -> dict:
         entry: dict = {"names": list(names), "types": [type(variables[n]).__name__ for n in names]}
         if len(captured.skeleton) <= INLINE_BYTES and not captured.buffers:
             entry["inline"] = base64.b64encode(captured.skeleton).decode()
         else:
             entry["skeleton"] = skeleton_file(gid)
-            previous = self._groups.get(gid)
-            if previous is None or previous.entry.get("skeleton_hash") != blake3.blake3(captured.skeleton).hexdigest():
-                write_file(directory / entry["skeleton"], captured.skeleton)
-                self.report.written_bytes += len(captured.skeleton)
             entry["skeleton_hash"] = blake3.blake3(captured.skeleton).hexdigest()
-        entry["buffers"] = [self._write_buffer(directory, gid, i, view) for i, view in enumerate(captured.buffers)]
+            previous = self._groups.get(gid)
+            if previous is None or previous.entry.get("skeleton_hash") != entry["skeleton_hash"]:
+                plan.skeletons[entry["skeleton"]] = captured.skeleton
+        entry["buffers"] = []
+        for index, view in enumerate(captured.buffers):
+            # Named by address, the same array finds its file (and its digests) again
+            # whatever group it is in next time.
+            address = buffer_address(view)
+            name = f"{address:x}.buf" if address is not None else f"{gid}-{index}.buf"
+            view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            plan.buffers.append((name, view))
+            entry["buffers"].append({"file": name, "size": view.nbytes})
         return entry
 
-    def _write_buffer(self, directory: Path, gid: str, index: int, view: memoryview) -> dict:
-        """Write the blocks of ``view`` that differ from what its file holds; name the file by
-        the buffer's address, so the same array finds its file again whatever its group."""
-        address = buffer_address(view)
-        name = f"{address:x}.buf" if address is not None else f"{gid}-{index}.buf"
-        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-        digests = self._digests(view)
+    def _apply(self, plan: SavePlan, directory: Path) -> None:
+        if directory not in self._made_dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(directory)
+        for name, data in plan.skeletons.items():
+            write_file(directory / name, data)
+            self.report.written_bytes += len(data)
+        for name, view in plan.buffers:
+            self._write_buffer(directory, name, view)
+        for name in plan.stale:
+            (directory / name).unlink(missing_ok=True)
+            self._buffers.pop(name, None)
+        if plan.manifest is not None:
+            write_file(directory / MANIFEST, plan.manifest)
+
+    def _write_buffer(self, directory: Path, name: str, view: memoryview) -> None:
+        """Write the blocks of ``view`` whose hash differs from what its file holds."""
+        digests = block_digests(view)
         self.report.hashed_bytes += view.nbytes
         held = self._buffers.pop(name, None)
         flags = os.O_WRONLY | os.O_CREAT | (0 if held else os.O_TRUNC)
@@ -199,31 +278,33 @@ class NamespaceSaver:
         finally:
             os.close(fd)
         self._buffers[name] = BufferFile(view.nbytes, digests)
-        return {"file": name, "size": view.nbytes}
 
-    def _digests(self, view: memoryview) -> list[bytes]:
-        starts = range(0, view.nbytes, HASH_BLOCK)
-        if view.nbytes < _THREADED_MIN:
-            return [blake3.blake3(view[s:s + HASH_BLOCK]).digest(16) for s in starts]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(2, thread_name_prefix="cowfs-hash")
-        half = (len(starts) // 2) * HASH_BLOCK
 
-        def run(lo: int, hi: int) -> list[bytes]:  # blake3 releases the GIL: both cores hash
-            return [blake3.blake3(view[s:min(s + HASH_BLOCK, hi)]).digest(16) for s in range(lo, hi, HASH_BLOCK)]
+class SaveFailed(Exception):
+    """A save could not be completed; the message says which and why."""
 
-        first = self._pool.submit(run, 0, half)
-        second = run(half, view.nbytes)
-        return first.result() + second
 
-    def _drop_unused_files(self, directory: Path, groups: dict[str, _Group]) -> None:
-        wanted = {b["file"] for g in groups.values() for b in g.entry["buffers"]}
-        wanted |= {g.entry["skeleton"] for g in groups.values() if "skeleton" in g.entry}
-        stale = {b["file"] for g in self._groups.values() for b in g.entry["buffers"]}
-        stale |= {g.entry["skeleton"] for g in self._groups.values() if "skeleton" in g.entry}
-        for name in stale - wanted:
-            (directory / name).unlink(missing_ok=True)
-            self._buffers.pop(name, None)
+def _files_of(groups: dict[str, _Group]) -> set[str]:
+    files = {b["file"] for g in groups.values() for b in g.entry["buffers"]}
+    return files | {g.entry["skeleton"] for g in groups.values() if "skeleton" in g.entry}
+
+
+def block_digests(view: memoryview) -> list[bytes]:
+    """blake3 of each hash block; big buffers on two threads (blake3 releases the GIL). Plain
+    threads, not a pool: this also runs in a forked child, where a pool's threads are gone."""
+    if view.nbytes < _THREADED_MIN:
+        return [blake3.blake3(view[s:s + HASH_BLOCK]).digest(16) for s in range(0, view.nbytes, HASH_BLOCK)]
+    half = (view.nbytes // HASH_BLOCK // 2) * HASH_BLOCK
+    parts: dict[int, list[bytes]] = {}
+
+    def run(lo: int, hi: int) -> None:
+        parts[lo] = [blake3.blake3(view[s:min(s + HASH_BLOCK, hi)]).digest(16) for s in range(lo, hi, HASH_BLOCK)]
+
+    helper = threading.Thread(target=run, args=(0, half), name="cowfs-hash", daemon=True)
+    helper.start()
+    run(half, view.nbytes)
+    helper.join()
+    return parts[0] + parts[half]
 
 
 def module_reach(touched: set[str], values: dict[str, Any]) -> frozenset[int]:
