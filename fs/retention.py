@@ -50,11 +50,17 @@ def protected(store: Store, snapshots: list[SnapshotRecord]) -> dict[int, str]:
 
 def plan_prune(snapshots: list[SnapshotRecord], policy: Policy, now: float,
                keep_ids: set[int]) -> tuple[list[SnapshotRecord], list[SnapshotRecord]]:
-    """(keep, remove) per the policy, applied to each branch's snapshots separately."""
+    """(keep, remove) per the policy, applied to each branch's snapshots separately.
+
+    Companion snapshots (``kind: vars``, the variables a kernel wrote in the background for
+    a cell) do not count towards the policy: each stays exactly while a kept snapshot reads
+    its variables from it (its cell's after-snapshot, or the before-snapshot of the next)."""
     keep: set[int] = set(keep_ids)
+    companions = [r for r in snapshots if r.meta.get("kind") == "vars"]
     by_branch: dict[int, list[SnapshotRecord]] = {}
     for record in snapshots:
-        by_branch.setdefault(record.branch, []).append(record)
+        if record.meta.get("kind") != "vars":
+            by_branch.setdefault(record.branch, []).append(record)
     for records in by_branch.values():
         newest_first = sorted(records, key=lambda r: r.created, reverse=True)
         keep.update(r.id for r in newest_first[:policy.keep_last])
@@ -68,6 +74,9 @@ def plan_prune(snapshots: list[SnapshotRecord], policy: Policy, now: float,
                 if bucket not in buckets:
                     buckets.append(bucket)
                     keep.add(record.id)
+    kept = [r for r in snapshots if r.id in keep]
+    needed = {r.name for r in kept} | {r.meta["vars_from"] for r in kept if r.meta.get("vars_from")}
+    keep.update(c.id for c in companions if c.meta.get("for") in needed)
     ordered = sorted(snapshots, key=lambda r: r.id)
     return [r for r in ordered if r.id in keep], [r for r in ordered if r.id not in keep]
 

@@ -37,6 +37,20 @@ def test_prune_plan_keeps_last_within_hourly_daily():
         parse_duration("soon")
 
 
+def test_companions_holding_variables_follow_the_snapshots_that_read_them():
+    now = 1_800_000_000.0
+    cells = [SnapshotRecord(1, 1, 1, now - 50, meta={"phase": "after", "vars_pending": True}),
+             SnapshotRecord(3, 1, 2, now - 40, meta={"phase": "before", "vars_from": "@1"}),
+             SnapshotRecord(4, 1, 3, now - 30, meta={"phase": "after", "vars_pending": True}),
+             SnapshotRecord(6, 1, 4, now - 20, meta={"phase": "after"})]
+    companions = [SnapshotRecord(2, 1, 2, now - 45, meta={"kind": "vars", "for": "@1"}),
+                  SnapshotRecord(5, 1, 4, now - 25, meta={"kind": "vars", "for": "@4"})]
+    keep, remove = plan_prune(cells + companions, Policy(keep_last=2), now, set())
+    assert [r.id for r in keep] == [4, 5, 6], "companions are not counted, and go with their cell"
+    keep, _ = plan_prune(cells + companions, Policy(keep_last=2), now, {3})
+    assert {2, 3} <= {r.id for r in keep}, "a kept before-cell snapshot keeps the variables it reads"
+
+
 def test_pinned_and_branch_origins_are_never_removed(store: Store):
     tree = Tree(store, 1)
     tree.create(ROOT_INODE, b"f", FILE, 0, 0)

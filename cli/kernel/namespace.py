@@ -19,23 +19,11 @@ from typing import Any, Iterable
 _MISSING = object()
 
 
-class TrackedNamespace(dict):
-    """A dict that records the keys it hands out or changes. ``everything`` is set when values
-    were exposed wholesale (``values()``, ``items()``, ``copy()``, ``clear()``), after which no
-    single name can be trusted to be untouched."""
+class _PythonTracking(dict):
+    """The subscript slots in Python, where the C module could not be built."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.touched: set[str] = set()
-        self.everything = False
+    touched: set
 
-    def drain(self) -> tuple[set[str], bool]:
-        """What was touched since the last call, and whether everything must be assumed touched."""
-        touched, everything = self.touched, self.everything
-        self.touched, self.everything = set(), False
-        return touched, everything
-
-    # -- single names ------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Any:
         self.touched.add(key)
         return dict.__getitem__(self, key)
@@ -48,6 +36,30 @@ class TrackedNamespace(dict):
         self.touched.add(key)
         dict.__delitem__(self, key)
 
+
+try:  # the same three slots in C: a lookup costs a set insertion, not a Python call
+    from cowfs.cli.kernel._tracking import TrackedDict as _Tracking
+except ImportError:
+    _Tracking = _PythonTracking
+
+
+class TrackedNamespace(_Tracking):  # type: ignore[valid-type, misc]
+    """A dict that records the keys it hands out or changes. ``everything`` is set when values
+    were exposed wholesale (``values()``, ``items()``, ``copy()``, ``clear()``), after which no
+    single name can be trusted to be untouched."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.touched = set()
+        self.everything = False
+
+    def drain(self) -> tuple[set[str], bool]:
+        """What was touched since the last call, and whether everything must be assumed touched."""
+        touched, everything = self.touched, self.everything
+        self.touched, self.everything = set(), False
+        return touched, everything
+
+    # -- single names, besides subscripts ----------------------------------------------------
     def get(self, key: Any, default: Any = None) -> Any:
         self.touched.add(key)
         return dict.get(self, key, default)
