@@ -196,22 +196,18 @@ def test_variables_written_in_the_background_belong_to_their_cell(kernel_ws):
     finally:
         kernel.stop()
     snapshots = after_snapshots(ws)
+    from cowfs.cli.kernel.restore import load_namespace
+
     store = ws.open_store()
-    try:
+    try:  # each load waits for the child that writes that cell's variables (the kernel is gone)
+        first = load_namespace(store, snapshots[1])[0]["arr"]
+        second = load_namespace(store, snapshots[2])[0]["arr"]
+        third = load_namespace(store, snapshots[3])[0]["arr"]
         companions = {r.meta["for"] for r in store.snapshots() if r.meta.get("kind") == "vars"}
     finally:
         store.close()
     assert {snapshots[n].name for n in (1, 2, 3)} <= companions, "each cell's buffers were written by a child"
     assert all(snapshots[n].meta.get("vars_pending") for n in (1, 2, 3))
-    from cowfs.cli.kernel.restore import load_namespace
-
-    store = ws.open_store()
-    try:
-        first = load_namespace(store, snapshots[1])[0]["arr"]
-        second = load_namespace(store, snapshots[2])[0]["arr"]
-        third = load_namespace(store, snapshots[3])[0]["arr"]
-    finally:
-        store.close()
     assert first[5] == 5.0 and first[-1] == (1 << 20) - 1
     assert (second == 7.0).all()
     assert third[5] == -1.0 and third[4] == 7.0

@@ -26,13 +26,14 @@ import blake3
 from cowfs.cli.client import DaemonError, mount_for, resolve_store_path, snapshot
 from cowfs.cli.kernel.namespace import install as track_namespace
 from cowfs.cli.kernel.restore import RestoreError, load_namespace
-from cowfs.cli.kernel.saver import NamespaceSaver, SaveFailed, SavePlan
+from cowfs.cli.kernel.saver import NamespaceSaver
 from cowfs.daemon.addresses import MountEntry
 from cowfs.fs.errors import StoreError
 from cowfs.fs.store import Store
 
 SNAPSHOT_TIMEOUT = 30.0
 BACKGROUND_MIN_BYTES = 32 << 20  # below this, hashing on the cell's path costs under ~5 ms
+MAX_IN_FLIGHT = 2  # background writes at once: each pins the pages the kernel changes meanwhile
 
 
 def notebook_path(shell: Any) -> str | None:
@@ -154,17 +155,21 @@ class CellSnapshots:
         child takes a companion snapshot (``kind: vars``) once the variables are written,
         which is where a restore reads them. Either way a failure costs the variables of
         this cell (said once, in one line), never the cell or its files' snapshot."""
+        if self.saver.in_flight >= MAX_IN_FLIGHT or self.saver.background_done():
+            self._settle(root, meta["vars"])
         try:
-            plan = self._plan(root, meta["vars"])
+            plan = self.saver.plan()
         except Exception as exc:
             plan, meta = None, {**meta, "vars_saved": False, "vars_error": f"{type(exc).__name__}: {exc}"[:300]}
-        if plan is not None and background_allowed(plan):
+        if plan is not None and (self.saver.in_flight or background_allowed(plan)):
             try:
                 record = snapshot(root, label, {**meta, "vars_pending": True}, timeout=SNAPSHOT_TIMEOUT)
             except BaseException:
+                self._settle(root, meta["vars"])
                 self.saver.abandon()
                 raise
-            self.saver.apply_in_background(plan, root, companion_snapshot(root, record["id"], meta["vars"]))
+            self.saver.apply_in_background(plan, root, record["id"],
+                                           companion_snapshot(root, record["id"], meta["vars"]))
             self.last_after = record["id"]
             self._report_variables({"vars_saved": True})
             return
@@ -180,16 +185,16 @@ class CellSnapshots:
         self.last_after = record["id"]
         self._report_variables(meta)
 
-    def _plan(self, root: Path, session_dir: str) -> SavePlan:
-        try:
-            return self.saver.plan()
-        except SaveFailed as exc:
-            # The previous cell's background write failed (its child says so in a companion
-            # snapshot, unless it died first: then say it here). This cell starts afresh.
-            self._report_variables({"vars_saved": False, "vars_error": str(exc)})
-            if self.last_after:
-                companion_snapshot(root, self.last_after, session_dir)(str(exc))
-            return self.saver.plan()
+    def _settle(self, root: Path, session_dir: str) -> None:
+        """Wait for the background writes in flight. A failed one has said so in a companion
+        snapshot, unless it died first: then say it here. The next save starts afresh."""
+        for label, why, recorded in self.saver.settle():
+            self._report_variables({"vars_saved": False, "vars_error": why})
+            if not recorded:
+                try:
+                    companion_snapshot(root, label, session_dir)(why)
+                except (DaemonError, OSError):
+                    pass
 
     def _report_variables(self, meta: dict) -> None:
         """Printed only once the snapshot is taken: when the daemon is gone, the one line that

@@ -25,7 +25,7 @@ from cowfs.fs.tree import Tree
 
 READ_PIECE = 8 << 20
 DURABLE_WAIT = 120.0  # a flush of a few GiB of changed buffers fits in this on a slow disk
-KERNEL_GONE_GRACE = 10.0  # a child may outlive its kernel by the time it takes to finish writing
+KERNEL_GONE_GRACE = 60.0  # a child outlives its kernel by the time it takes to finish writing
 
 
 class RestoreError(Exception):

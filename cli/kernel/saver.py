@@ -99,7 +99,7 @@ class NamespaceSaver:
         self.shell = shell
         self.session = session or new_session()
         self.report = SaveReport()
-        self.background: BackgroundWrite | None = None
+        self.background: list[BackgroundWrite] = []  # the chain of writes in flight, oldest first
         self._forget()
 
     def _forget(self) -> None:
@@ -139,38 +139,56 @@ class NamespaceSaver:
             self._forget()
             raise
 
-    def apply_in_background(self, plan: SavePlan, mount_root: Path, then: Callable[[str | None], None]) -> None:
-        """Write ``plan`` from a forked child, which calls ``then(error or None)`` when done."""
-        def work() -> dict:
+    @property
+    def in_flight(self) -> int:
+        """How many background writes have not been settled yet."""
+        return len(self.background)
+
+    def apply_in_background(self, plan: SavePlan, mount_root: Path, label: str,
+                            then: Callable[[str | None], None]) -> None:
+        """Write ``plan`` from a forked child, after the writes already in flight; the child
+        calls ``then(error or None)`` when done (it takes the companion snapshot)."""
+        def work(previous: dict | None) -> dict:
             try:
+                if previous is not None:
+                    if "error" in previous:
+                        raise SaveFailed(f"the variables before these were not written ({previous['error']})")
+                    self._buffers = _decode_buffers(previous["buffers"])
                 self._apply(plan, mount_root / self.relative_dir)
             except Exception as exc:
                 then(f"{type(exc).__name__}: {exc}"[:300])
-                raise
+                return {"error": f"{type(exc).__name__}: {exc}"[:300], "companion": True}
             then(None)
             return {"buffers": {name: [held.size, [d.hex() for d in held.digests]]
                                 for name, held in self._buffers.items()},
                     "report": [self.report.hashed_bytes, self.report.written_bytes]}
 
-        self.background = BackgroundWrite.start(work)
+        after = self.background[-1] if self.background else None
+        self.background.append(BackgroundWrite.start(work, label, after))
 
-    def settle(self) -> str | None:
-        """Wait for the write in flight, if any, and learn what it wrote; its error, if it failed."""
-        if self.background is None:
-            return None
-        outcome, self.background = self.background.wait(), None
-        if "error" in outcome:
+    def background_done(self) -> bool:
+        """Whether every write in flight has finished (then settling costs no wait)."""
+        return bool(self.background) and self.background[-1].exited()
+
+    def settle(self) -> list[tuple[str, str, bool]]:
+        """Wait for every write in flight and learn what they wrote. Returns the failures:
+        (snapshot, why, whether the child recorded it in a companion snapshot)."""
+        if not self.background:
+            return []
+        chain, self.background = self.background, []
+        outcomes = [(write.label, write.outcome()) for write in chain]
+        for write in chain:
+            write.reap()
+        failures = [(label, o["error"], bool(o.get("companion"))) for label, o in outcomes if "error" in o]
+        if failures:
             self._forget()
-            return outcome["error"]
-        self._buffers = {name: BufferFile(size, [bytes.fromhex(d) for d in digests])
-                         for name, (size, digests) in outcome["buffers"].items()}
-        self.report.hashed_bytes, self.report.written_bytes = outcome["report"]
-        return None
+            return failures
+        last = outcomes[-1][1]
+        self._buffers = _decode_buffers(last["buffers"])
+        self.report.hashed_bytes, self.report.written_bytes = last["report"]
+        return []
 
     def _plan(self) -> SavePlan:
-        failure = self.settle()
-        if failure is not None:
-            raise SaveFailed(f"writing the previous cell's variables failed ({failure})")
         namespace = self.shell.user_ns
         if isinstance(namespace, TrackedNamespace):
             touched, everything = namespace.drain()
@@ -282,6 +300,10 @@ class NamespaceSaver:
 
 class SaveFailed(Exception):
     """A save could not be completed; the message says which and why."""
+
+
+def _decode_buffers(raw: dict) -> dict[str, BufferFile]:
+    return {name: BufferFile(size, [bytes.fromhex(d) for d in digests]) for name, (size, digests) in raw.items()}
 
 
 def _files_of(groups: dict[str, _Group]) -> set[str]:
