@@ -106,3 +106,11 @@ def test_a_failed_save_makes_the_next_one_start_afresh(session, monkeypatch):
     assert set(session.saver.report.revisited) >= {"arr", "df", "z"}, "nothing half-written is trusted"
     values = session.load()
     assert values["arr"][0] == 1.0 and values["df"].iloc[0, 0] == 2.0
+
+
+def test_pickling_a_function_does_not_count_as_touching_what_it_reads(session):
+    session.cell("def total():\n    return float(arr.sum())")
+    session.cell("y = 2")
+    assert session.saver.report.revisited == ["y"], "saving total read arr through the namespace, not the cell"
+    session.cell("t = total()")
+    assert set(session.saver.report.revisited) >= {"arr", "t", "total"}, "calling it reads arr"

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 _MISSING = object()
 
@@ -58,6 +59,18 @@ class TrackedNamespace(_Tracking):  # type: ignore[valid-type, misc]
         touched, everything = self.touched, self.everything
         self.touched, self.everything = set(), False
         return touched, everything
+
+    @contextmanager
+    def unrecorded(self) -> Iterator[None]:
+        """Lookups the saver makes while pickling (cloudpickle reads a function's globals
+        through the namespace) are not the cell's: they would make the next save revisit
+        names nobody touched."""
+        touched, everything = self.touched, self.everything
+        self.touched = set()
+        try:
+            yield
+        finally:
+            self.touched, self.everything = touched, everything
 
     # -- single names, besides subscripts ----------------------------------------------------
     def get(self, key: Any, default: Any = None) -> Any:

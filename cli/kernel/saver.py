@@ -28,6 +28,7 @@ import secrets
 import sys
 import types
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -203,6 +204,11 @@ class NamespaceSaver:
                                    everything or full or not self._manifest, module_reach(touched, values))
         self.report = SaveReport(sorted(revisit))
 
+        with namespace.unrecorded() if isinstance(namespace, TrackedNamespace) else nullcontext():
+            return self._capture_and_group(revisit, variables, modules, current, full)
+
+    def _capture_and_group(self, revisit: set[str], variables: dict[str, Any], modules: dict[str, str],
+                           current: dict[str, int], full: bool) -> SavePlan:
         plan = SavePlan()
         names: dict[str, dict] = {name: {"module": module} for name, module in modules.items()}
         captures: dict[str, Capture] = {}
