@@ -166,6 +166,7 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(tempfile.mkdtemp(prefix="cowfs-vbench-", dir="/var/tmp"))
     os.environ["COWFS_STORE"] = str(root / "store")
+    os.environ["XDG_CONFIG_HOME"] = str(root / "config")  # the variables' signing key
     plain, backing, passthrough, mnt = root / "plain", root / "backing", root / "pass", root / "mnt"
     for directory in (plain, backing, passthrough, mnt):
         directory.mkdir()

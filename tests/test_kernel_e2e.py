@@ -44,6 +44,7 @@ def stdout_of(cell) -> str:
 def kernel_env(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("COWFS_STORE", str(workspace.store))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # the signing key
     workspace.cli("kernel", "install")
     return workspace
 

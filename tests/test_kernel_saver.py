@@ -4,7 +4,10 @@ at and wrote is read from its report, so "untouched costs nothing" is a checked 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +19,7 @@ import kernel_helpers
 from cowfs.cli.kernel.namespace import TrackedNamespace
 from cowfs.cli.kernel.restore import RestoreError, load_saved
 from cowfs.cli.kernel.saver import NamespaceSaver
+from cowfs.cli.kernel.signing import sign, user_key
 from cowfs.cli.kernel.vars_format import HASH_BLOCK, VARS_ROOT
 
 
@@ -29,16 +33,25 @@ class Session:
         exec(compile(code, "<cell>", "exec"), self.namespace)
         self.saver.save(self.root)
 
-    def load(self, wanted: list[str] | None = None) -> dict:
-        directory = self.root / VARS_ROOT / "s"
+    @property
+    def directory(self) -> Path:
+        return self.root / VARS_ROOT / "s"
 
+    def load(self, wanted: list[str] | None = None, trust: bool = False, problems: bool = False):
         def read(name: str, size: int | None = None) -> bytearray | None:
-            path = directory / name
+            path = self.directory / name
             return bytearray(path.read_bytes()) if path.exists() else None
 
-        values, problems = load_saved(read, wanted, "here")
-        assert problems == []
+        values, found = load_saved(read, wanted, "here", trust)
+        if problems:
+            return values, found
+        assert found == []
         return values
+
+
+@pytest.fixture(autouse=True)
+def private_key_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
 
 
 @pytest.fixture
@@ -114,3 +127,67 @@ def test_pickling_a_function_does_not_count_as_touching_what_it_reads(session):
     assert session.saver.report.revisited == ["y"], "saving total read arr through the namespace, not the cell"
     session.cell("t = total()")
     assert set(session.saver.report.revisited) >= {"arr", "t", "total"}, "calling it reads arr"
+
+
+class Planted:
+    """A pickle that, when loaded, proves it ran by creating a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_restore_never_unpickles_variables_this_user_did_not_sign(session, tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    session.cell("x = [1]")
+    manifest = json.loads((session.directory / "manifest.json").read_text())
+    planted = base64.b64encode(pickle.dumps((Planted(marker),))).decode()
+    gid = manifest["names"]["x"]["group"]
+    manifest["groups"][gid]["inline"] = planted
+    (session.directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RestoreError, match="manifest was changed after it was signed.*--trust"):
+        session.load()
+    unsigned = {k: v for k, v in manifest.items() if k not in ("mac", "signer")}
+    (session.directory / "manifest.json").write_text(json.dumps(unsigned))
+    with pytest.raises(RestoreError, match="not signed"):
+        session.load()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "someone-else"))
+    (session.directory / "manifest.json").write_text(json.dumps(sign(unsigned, user_key())))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    with pytest.raises(RestoreError, match="another key"):
+        session.load()
+    assert not marker.exists(), "nothing was unpickled"
+    session.load(trust=True)
+    assert marker.exists(), "the user who says --trust gets what was planted: the test can fail"
+
+
+def test_a_swapped_pickle_file_is_refused_and_saving_never_follows_a_symlink(session, tmp_path):
+    session.cell("big = list(range(5000))")  # a skeleton file of its own
+    manifest = json.loads((session.directory / "manifest.json").read_text())
+    skeleton = session.directory / manifest["groups"][manifest["names"]["big"]["group"]]["skeleton"]
+    skeleton.write_bytes(pickle.dumps((Planted(tmp_path / "ran"),)))
+    values, problems = session.load(problems=True)
+    assert "big" not in values and "not the one its signed manifest names" in " ".join(problems)
+    assert not (tmp_path / "ran").exists()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    skeleton.unlink()
+    skeleton.symlink_to(victim)
+    with pytest.raises(OSError):
+        session.cell("big.append(1)")
+    assert victim.read_text() == "precious", "the symlink's target was not truncated"
+
+
+def test_a_module_entry_never_imports_a_file_from_the_workspace(session, tmp_path, monkeypatch):
+    (tmp_path / "planted_module.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as IPython puts the working directory first
+    manifest = json.loads((session.directory / "manifest.json").read_text())
+    manifest["names"]["np"] = {"module": "planted_module"}
+    body = {k: v for k, v in manifest.items() if k not in ("mac", "signer")}
+    (session.directory / "manifest.json").write_text(json.dumps(sign(body, user_key())))
+    values, problems = session.load(problems=True)
+    assert "np" not in values and any("is a file in the workspace" in p for p in problems), problems
+    assert not (tmp_path / "ran").exists()

@@ -90,6 +90,7 @@ class Kernel:
 def kernel_ws(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("COWFS_STORE", str(workspace.store))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # the signing key
     workspace.cli("kernel", "install")
     workspace.mnt = workspace.mount()
     return workspace
@@ -215,3 +216,41 @@ def test_variables_written_in_the_background_belong_to_their_cell(kernel_ws):
     assert {c["variables"] for c in cells} == {"complete"}
     plain = json.loads(ws.cli("log", "--json").stdout)
     assert not any(s["meta"].get("kind") == "vars" for s in plain), "companions stay out of the plain log"
+
+
+def test_variables_planted_in_the_workspace_are_refused_at_restore(kernel_ws, tmp_path):
+    ws = kernel_ws
+    marker = tmp_path / "planted-code-ran"
+    kernel = Kernel(ws.mnt)
+    try:
+        kernel.run("x = 1")
+        session = ws.mnt / after_snapshots(ws)[1].meta["vars"]
+        payload = f"(__import__('pathlib').Path({str(marker)!r}).touch(),)"
+        # code running in the workspace (in a namespace of its own, so the saver has nothing new
+        # to write over it) plants a manifest whose pickle runs code when loaded
+        plant = ("import base64, json, pickle, pathlib\n"
+                 "class Evil:\n"
+                 f"    def __reduce__(self): return (eval, ({payload!r},))\n"
+                 f"pathlib.Path({str(session / 'manifest.json')!r}).write_text(json.dumps("
+                 "{'format': 2, 'names': {'x': {'group': 'g'}}, 'groups': {'g': {'names': ['x'], "
+                 "'types': ['int'], 'buffers': [], 'inline': base64.b64encode(pickle.dumps(Evil())).decode()}}}))\n")
+        kernel.run(f"exec({plant!r}, {{}})")
+    finally:
+        kernel.stop()
+    ws.cli("snap", "--wait", str(ws.mnt))
+    planted_at = after_snapshots(ws)[2].name
+    fresh = Kernel(ws.mnt)
+    try:
+        reply = fresh.run(f"%cowfs restore {planted_at}")
+        said = "".join(o["content"].get("text", "") for o in reply["outputs"])
+    finally:
+        fresh.stop()
+    assert "not restoring the variables of" in said and "--trust" in said, said
+    assert said.count("\n") == 1, "one line"
+    assert not marker.exists(), "the planted pickle never ran"
+    trusting = Kernel(ws.mnt)
+    try:
+        trusting.run(f"%cowfs restore {planted_at} --trust")
+    finally:
+        trusting.stop()
+    assert marker.exists(), "with --trust the planted pickle is loaded: it was in the snapshot"

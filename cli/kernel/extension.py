@@ -237,14 +237,14 @@ def companion_snapshot(root: Path, after: str, session_dir: str):
     return take
 
 
-def restore(shell: Any, ref: str, names: list[str] | None = None) -> None:
-    """``%cowfs restore <snap> [names]``: the variables as they were at that snapshot (only
-    ``names`` and what shares objects with them, when given)."""
+def restore(shell: Any, ref: str, names: list[str] | None = None, trust: bool = False) -> None:
+    """``%cowfs restore <snap> [--trust] [names]``: the variables as they were at that snapshot
+    (only ``names`` and what shares objects with them, when given)."""
     try:
         store = Store.open(resolve_store_path(os.environ.get("COWFS_STORE")), readonly=True)
         try:
             record = store.resolve_snapshot(ref)
-            values, problems = load_namespace(store, record, names)
+            values, problems = load_namespace(store, record, names, trust)
         finally:
             store.close()
     except (DaemonError, StoreError, RestoreError) as exc:
@@ -257,17 +257,19 @@ def restore(shell: Any, ref: str, names: list[str] | None = None) -> None:
 
 
 def cowfs_magic(shell: Any, line: str) -> None:
-    """%cowfs restore SNAP [NAME ...] | log [--cells] | diff A B | snap -m LABEL | blame PATH | status"""
+    """%cowfs restore SNAP [--trust] [NAME ...] | log [--cells] | diff A B | snap -m LABEL | blame PATH | status"""
     import click
 
     from cowfs.cli.main import cli
 
     args = shlex.split(line)
     if args[:1] == ["restore"]:
-        if len(args) < 2:
-            print("usage: %cowfs restore SNAPSHOT [NAME ...]", file=sys.stderr)
+        trust = "--trust" in args
+        rest = [a for a in args[1:] if a != "--trust"]
+        if not rest:
+            print("usage: %cowfs restore SNAPSHOT [--trust] [NAME ...]", file=sys.stderr)
             return
-        restore(shell, args[1], args[2:] or None)
+        restore(shell, rest[0], rest[1:] or None, trust)
         return
     try:
         cli.main(args=args, prog_name="%cowfs", standalone_mode=False)

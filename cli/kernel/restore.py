@@ -9,14 +9,18 @@ from __future__ import annotations
 import base64
 import fcntl
 import importlib
+import importlib.util
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
 import cloudpickle
 
 from cowfs.cli.kernel.capture import load
+from cowfs.cli.kernel.signing import UntrustedVariables, check_skeleton, user_key, verify
+from cowfs.daemon.addresses import cowfs_mounts
 from cowfs.cli.kernel.vars_format import MANIFEST
 from cowfs.fs.history import is_durable, variables_record
 from cowfs.fs.records import SnapshotRecord
@@ -54,15 +58,16 @@ class _SavedFiles:
         return out
 
 
-def load_namespace(store: Store, snapshot: SnapshotRecord,
-                   wanted: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+def load_namespace(store: Store, snapshot: SnapshotRecord, wanted: list[str] | None = None,
+                   trust: bool = False) -> tuple[dict[str, Any], list[str]]:
     """The variables saved in ``snapshot`` (those in ``wanted`` and the names they share objects
     with, or all), and one line for each that could not come back."""
     session_dir = snapshot.meta.get("vars")
     if not session_dir:
         raise RestoreError(f"snapshot {snapshot.name} was not taken by a kernel that saved its variables")
     source = variables_source(store, snapshot)
-    return load_saved(_SavedFiles(store, source, source.meta.get("vars", session_dir)).read, wanted, snapshot.name)
+    return load_saved(_SavedFiles(store, source, source.meta.get("vars", session_dir)).read, wanted, snapshot.name,
+                      trust)
 
 
 def variables_source(store: Store, snapshot: SnapshotRecord, timeout: float = DURABLE_WAIT) -> SnapshotRecord:
@@ -127,14 +132,23 @@ def branch_is_served(store: Store, branch_id: int) -> bool:
 Reader = Callable[..., "bytearray | None"]  # (file name relative to the session dir, size=None)
 
 
-def load_saved(read: Reader, wanted: list[str] | None, where: str) -> tuple[dict[str, Any], list[str]]:
-    """The loading itself, over any way of reading the session directory's files."""
+def load_saved(read: Reader, wanted: list[str] | None, where: str,
+               trust: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """The loading itself, over any way of reading the session directory's files. Nothing is
+    unpickled unless this user's key signed it, or ``trust`` says the user vouches for it."""
     raw = read(MANIFEST)
     if raw is None:
         if wanted:
             raise RestoreError(f"no variables were saved at {where}")
         return {}, []
-    manifest = json.loads(raw)
+    try:
+        manifest = json.loads(raw)
+        if not trust:
+            verify(manifest, user_key(create=False))
+    except (ValueError, UntrustedVariables) as exc:
+        reason = "their manifest is not JSON" if isinstance(exc, ValueError) else str(exc)
+        raise RestoreError(f"not restoring the variables of {where}: {reason}; restoring runs code, so "
+                           "add --trust only if you trust where they came from") from None
     if manifest.get("format") != 2:
         return _load_format_1(read, manifest, wanted)
     names: dict[str, dict] = manifest["names"]
@@ -150,13 +164,13 @@ def load_saved(read: Reader, wanted: list[str] | None, where: str) -> tuple[dict
         entry = names[name]
         try:
             if "module" in entry:
-                values[name] = importlib.import_module(entry["module"])
+                values[name] = import_module(entry["module"])
             elif "group" in entry:
                 gid = entry["group"]
                 if gid not in loaded_groups:
                     loaded_groups.add(gid)
                     group = manifest["groups"][gid]
-                    values.update(zip(group["names"], _load_group(read, group)))
+                    values.update(zip(group["names"], _load_group(read, group, trust)))
             else:
                 problems.append(f"{name}: not saved: {entry.get('error', 'unknown reason')}")
         except Exception as exc:
@@ -164,13 +178,15 @@ def load_saved(read: Reader, wanted: list[str] | None, where: str) -> tuple[dict
     return values, problems
 
 
-def _load_group(read: Reader, group: dict) -> tuple[Any, ...]:
+def _load_group(read: Reader, group: dict, trust: bool) -> tuple[Any, ...]:
     if "inline" in group:
         skeleton = base64.b64decode(group["inline"])
     else:
         skeleton = read(group["skeleton"])
         if skeleton is None:
             raise RestoreError("its saved file is missing")
+        if not trust:
+            check_skeleton(bytes(skeleton), group.get("skeleton_hash"))
     buffers = []
     for buffer in group["buffers"]:
         data = read(buffer["file"], buffer["size"])
@@ -178,6 +194,23 @@ def _load_group(read: Reader, group: dict) -> tuple[Any, ...]:
             raise RestoreError(f"its buffer file {buffer['file']} is missing")
         buffers.append(data)
     return load(bytes(skeleton), buffers)
+
+
+def import_module(name: str) -> Any:
+    """A saved module is imported by name, but never from a file in the current directory or
+    in a cowfs workspace: a planted ``numpy.py`` there must not run on restore."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        raise RestoreError(f"no module named {name!r} here")
+    origin = os.path.realpath(spec.origin) if spec.origin and spec.origin not in ("built-in", "frozen") else None
+    if origin is not None:
+        roots = [os.path.realpath(os.getcwd())] + [os.path.realpath(m.mountpoint) for m in cowfs_mounts()]
+        if any(os.path.commonpath([origin, root]) == root for root in roots):
+            raise RestoreError(f"not imported: {origin} is a file in the workspace; `import {name}` yourself "
+                               "if you trust it")
+    return importlib.import_module(name)
 
 
 def _load_format_1(read: Reader, manifest: dict, wanted: list[str] | None) -> tuple[dict[str, Any], list[str]]:
@@ -189,7 +222,7 @@ def _load_format_1(read: Reader, manifest: dict, wanted: list[str] | None) -> tu
             continue
         try:
             if "module" in entry:
-                values[name] = importlib.import_module(entry["module"])
+                values[name] = import_module(entry["module"])
             elif "inline" in entry:
                 values[name] = cloudpickle.loads(base64.b64decode(entry["inline"]))
             elif "file" in entry:

@@ -39,6 +39,7 @@ from cowfs.cli.kernel.background import BackgroundWrite
 from cowfs.cli.kernel.capture import Capture, capture
 from cowfs.cli.kernel.namespace import TrackedNamespace, user_names
 from cowfs.cli.kernel.planner import SavedGroup, group_by_sharing, names_to_revisit
+from cowfs.cli.kernel.signing import sign, user_key
 from cowfs.cli.kernel.vars_format import (FORMAT, HASH_BLOCK, INLINE_BYTES, MANIFEST, VARS_ROOT, group_id,
                                           skeleton_file)
 
@@ -101,6 +102,7 @@ class NamespaceSaver:
         self.session = session or new_session()
         self.report = SaveReport()
         self.background: list[BackgroundWrite] = []  # the chain of writes in flight, oldest first
+        self._signing_key: bytes | None = None
         self._forget()
 
     def _forget(self) -> None:
@@ -113,6 +115,11 @@ class NamespaceSaver:
         self._made_dirs: set[Path] = set()
 
     abandon = _forget  # a plan that will never be carried out leaves the files unknown
+
+    def _key(self) -> bytes:
+        if self._signing_key is None:
+            self._signing_key = user_key()
+        return self._signing_key
 
     @property
     def relative_dir(self) -> str:
@@ -245,7 +252,7 @@ class NamespaceSaver:
         self._ids = {name: current[name] for name in current if name in names}
         manifest = {"format": FORMAT, "names": names, "groups": {gid: g.entry for gid, g in groups.items()}}
         if manifest != self._manifest:
-            plan.manifest = json.dumps(manifest, sort_keys=True).encode()
+            plan.manifest = json.dumps(sign(manifest, self._key()), sort_keys=True).encode()
             self._manifest = manifest
         return plan
 
@@ -273,7 +280,8 @@ class NamespaceSaver:
 
     def _apply(self, plan: SavePlan, directory: Path) -> None:
         if directory not in self._made_dirs:
-            directory.mkdir(parents=True, exist_ok=True)
+            inside_workspace(directory, directory.parents[len(Path(self.relative_dir).parts) - 1])
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._made_dirs.add(directory)
         for name, data in plan.skeletons.items():
             write_file(directory / name, data)
@@ -291,7 +299,7 @@ class NamespaceSaver:
         digests = block_digests(view)
         self.report.hashed_bytes += view.nbytes
         held = self._buffers.pop(name, None)
-        flags = os.O_WRONLY | os.O_CREAT | (0 if held else os.O_TRUNC)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (0 if held else os.O_TRUNC)
         fd = os.open(directory / name, flags, 0o600)
         try:
             for start, end in changed_runs(held.digests if held else [], digests, view.nbytes):
@@ -385,8 +393,18 @@ def write_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[done:], offset + done
 
 
+def inside_workspace(directory: Path, root: Path) -> None:
+    """A ``.cowfs`` or session directory planted as a symlink must not send the saver's writes
+    (and truncations) outside the workspace."""
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(directory), real_root]) != real_root:
+        raise SaveFailed(f"{directory} leads outside the workspace (a symlink?); not writing variables there")
+
+
 def write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Files are never opened through a symlink: one planted in place of a saved file would
+    otherwise have its target truncated."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         write_all(fd, memoryview(data), 0)
     finally:
