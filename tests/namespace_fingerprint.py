@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import types
 from typing import Any
 
@@ -47,6 +48,10 @@ def _fingerprint(value: Any, depth: int) -> Any:
     if isinstance(value, types.FunctionType):
         return ["function", value.__qualname__, hashlib.sha256(value.__code__.co_code).hexdigest(),
                 _fingerprint(value.__defaults__, depth + 1)]
+    if isinstance(value, random.Random):
+        return ["Random", hashlib.sha256(repr(value.getstate()).encode()).hexdigest()]
+    if isinstance(value, types.MethodType):
+        return ["method", value.__func__.__qualname__, _fingerprint(value.__self__, depth + 1)]
     if isinstance(value, type):
         attrs = {k: v for k, v in vars(value).items() if not k.startswith("__") and not callable(v)}
         return ["class", value.__qualname__, _fingerprint(attrs, depth + 1)]

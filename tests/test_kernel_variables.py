@@ -26,7 +26,8 @@ from namespace_fingerprint import describe
 pytestmark = needs_fuse
 TESTS = Path(__file__).resolve().parent
 
-SETUP = "import numpy as np, pandas as pd"
+SETUP = ("import numpy as np, pandas as pd, random\n"
+         "open('rebind_b.py', 'w').write('b = [len(a) if \"a\" in dir() else -1]\\n')")
 OPERATIONS = [
     "a = [{k}]",
     "b = a",
@@ -57,6 +58,10 @@ OPERATIONS = [
     "kernel_helpers.remember({k})",
     "from kernel_helpers import remember\nremember({k})",
     "y = {k}",
+    "rng = random.Random({k})",  # C state (an opaque object): looked at whenever anything is saved
+    "draw = rng.random",
+    "draw()",
+    "%run -i rebind_b.py",
 ]
 TRUTH = "__import__('namespace_fingerprint').describe(get_ipython().user_ns)"
 

@@ -20,7 +20,6 @@ import cloudpickle
 
 from cowfs.cli.kernel.capture import load
 from cowfs.cli.kernel.signing import UntrustedVariables, check_skeleton, user_key, verify
-from cowfs.daemon.addresses import cowfs_mounts
 from cowfs.cli.kernel.vars_format import MANIFEST
 from cowfs.fs.history import is_durable, variables_record
 from cowfs.fs.records import SnapshotRecord
@@ -197,19 +196,26 @@ def _load_group(read: Reader, group: dict, trust: bool) -> tuple[Any, ...]:
 
 
 def import_module(name: str) -> Any:
-    """A saved module is imported by name, but never from a file in the current directory or
-    in a cowfs workspace: a planted ``numpy.py`` there must not run on restore."""
+    """A saved module is imported by name, but never from the working directory (the
+    workspace), which IPython puts first on ``sys.path``: a planted ``numpy.py`` there must
+    not shadow numpy and run on restore. Packages installed in a virtualenv that happens to
+    live in the workspace are found through their own ``sys.path`` entry and are fine."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.find_spec(name)
+    top = name.partition(".")[0]
+    spec = importlib.util.find_spec(top)
     if spec is None:
-        raise RestoreError(f"no module named {name!r} here")
-    origin = os.path.realpath(spec.origin) if spec.origin and spec.origin not in ("built-in", "frozen") else None
-    if origin is not None:
-        roots = [os.path.realpath(os.getcwd())] + [os.path.realpath(m.mountpoint) for m in cowfs_mounts()]
-        if any(os.path.commonpath([origin, root]) == root for root in roots):
-            raise RestoreError(f"not imported: {origin} is a file in the workspace; `import {name}` yourself "
-                               "if you trust it")
+        raise RestoreError(f"no module named {top!r} here")
+    if spec.origin and spec.origin not in ("built-in", "frozen"):
+        holders = [os.path.dirname(spec.origin)]
+        if spec.submodule_search_locations:  # a package: its directory sits in the holder
+            holders = [os.path.dirname(os.path.dirname(spec.origin))]
+    else:
+        holders = [os.path.dirname(location) for location in spec.submodule_search_locations or []]
+    here = os.path.realpath(os.getcwd())
+    if any(os.path.realpath(holder) == here for holder in holders):
+        raise RestoreError(f"not imported: {top} would come from the working directory ({here}), a file "
+                           f"anyone who can write there could have planted; `import {name}` yourself if you trust it")
     return importlib.import_module(name)
 
 
