@@ -39,12 +39,14 @@ CELLS = {
     "fit a small model (LogisticRegression)": "model = LogisticRegression(max_iter=200).fit(X, labels)",
     "pure-Python loop at top level (10^6 steps)": "total = 0\nfor k in range(1_000_000):\n    total += k",
 }
+# Seeds differ by size: the sizes share one store, and the first rows of one size's frame would
+# otherwise be the same bytes as the smaller one's (deduplicated: a change would add nothing).
 SETUP = """
 import numpy as np, pandas as pd
 from sklearn.linear_model import LogisticRegression
 rows = max({size} * 2**20 // 64, 1)
-df = pd.DataFrame(np.random.default_rng(1).random((rows, 8)), columns=[f'c{{i}}' for i in range(8)])
-arr = np.random.default_rng(2).random({size} * 2**20 // 8)
+df = pd.DataFrame(np.random.default_rng(1 + {size}).random((rows, 8)), columns=[f'c{{i}}' for i in range(8)])
+arr = np.random.default_rng(2 + {size}).random({size} * 2**20 // 8)
 X = np.random.default_rng(3).random((2000, 10)); labels = (X[:, 0] > 0.5).astype(int)
 """
 ACTIVE = "__import__('cowfs.cli.kernel.extension', fromlist=['x'])._active"

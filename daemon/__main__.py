@@ -37,6 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def setup_logging(store: Path, branch: str, foreground: bool, debug: bool) -> None:
+    if "/" in branch or branch.startswith("."):  # made before names were checked: never a path
+        raise StoreError(f"branch name {branch!r} cannot name a log file; mount a snapshot of it as a new branch")
     handlers: list[logging.Handler] = [logging.FileHandler(store / "logs" / f"{branch}.log")]
     if foreground:
         handlers.append(logging.StreamHandler(sys.stderr))

@@ -5,6 +5,12 @@ Requests: ``{"op": "snapshot", "label": str, "meta": {...}, "wait": bool}``, ``{
 ``{"op": "stop"}``. Every reply is one line ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "what happened and what to do"}``. The socket is 0600 in a 0700
 directory, and a peer of another uid is refused before its request is read.
+
+Nothing a client sends or withholds may take the mount down: a request is bounded in size
+and nesting, every handler error becomes an error reply, a connection that sends no complete
+request within ``REQUEST_TIMEOUT`` is closed, at most ``MAX_CONNECTIONS`` wait at once (the
+longest-waiting idle one makes room for a new one), and ``accept`` errors (no file
+descriptors left) are waited out.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import trio
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20
+REQUEST_TIMEOUT = 10.0  # to send one request line; handling it may take longer (snap --wait)
+MAX_CONNECTIONS = 64
 Handler = Callable[[dict], Awaitable[dict]]
 
 
@@ -50,6 +58,8 @@ def parse_request(line: bytes) -> dict:
         request = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"malformed request (not JSON): {exc}") from None
+    except RecursionError:
+        raise RequestError("malformed request: nested too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
         raise RequestError('malformed request: expected an object with an "op" string')
     return request
@@ -66,12 +76,19 @@ async def serve(path: Path, handler: Handler, task_status=trio.TASK_STATUS_IGNOR
         os.umask(old_umask)
     os.chmod(path, 0o600)
     listener.listen(16)
+    idle = _IdleConnections()
     try:
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(_serve_connection, conn, handler)
+                try:
+                    conn, _ = await listener.accept()
+                except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: wait for descriptors to come back
+                    log.warning("control socket: accept failed (%s); retrying", exc)
+                    await trio.sleep(0.1)
+                    continue
+                idle.make_room()
+                nursery.start_soon(_serve_connection, conn, handler, idle)
     finally:
         listener.close()
         try:
@@ -80,30 +97,63 @@ async def serve(path: Path, handler: Handler, task_status=trio.TASK_STATUS_IGNOR
             pass
 
 
-async def _serve_connection(conn: trio.socket.SocketType, handler: Handler) -> None:
+class _IdleConnections:
+    """Connections waiting for a request line, oldest first, each with the scope that ends it."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, trio.CancelScope] = {}
+        self.count = 0
+
+    def make_room(self) -> None:
+        self.count += 1
+        if self.count > MAX_CONNECTIONS and self.waiting:
+            oldest = next(iter(self.waiting))
+            self.waiting.pop(oldest).cancel()
+
+
+async def _serve_connection(conn: trio.socket.SocketType, handler: Handler, idle: _IdleConnections) -> None:
     stream = trio.SocketStream(conn)
-    async with stream:
-        uid = peer_uid(conn)
-        if uid not in (os.getuid(), 0):
-            log.warning("refused a control request from uid %d", uid)
-            await _reply(stream, {"ok": False, "error": "this daemon belongs to another user"})
-            return
-        while True:
+    try:
+        async with stream:
+            uid = peer_uid(conn)
+            if uid not in (os.getuid(), 0):
+                log.warning("refused a control request from uid %d", uid)
+                await _reply(stream, {"ok": False, "error": "this daemon belongs to another user"})
+                return
+            await _requests(stream, handler, idle)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    except Exception:  # a bug in a handler must cost this connection, never the mount
+        log.exception("control connection failed")
+    finally:
+        idle.count -= 1
+
+
+async def _requests(stream: trio.SocketStream, handler: Handler, idle: _IdleConnections) -> None:
+    key = id(stream)
+    while True:
+        with trio.move_on_after(REQUEST_TIMEOUT) as waiting:
+            idle.waiting[key] = waiting
             try:
                 line = await read_line(stream)
-                if line is None:
-                    return
-                reply = await handler(parse_request(line))
             except RequestError as exc:
-                reply = {"ok": False, "error": str(exc)}
-            except trio.BrokenResourceError:
+                await _reply(stream, {"ok": False, "error": str(exc)})
                 return
-            except OSError as exc:
-                reply = {"ok": False, "error": str(exc)}
-            try:
-                await _reply(stream, reply)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+            finally:
+                idle.waiting.pop(key, None)
+        if waiting.cancelled_caught or line is None:
+            return  # silent too long, closed, or made room for a newer connection
+        try:
+            reply = await handler(parse_request(line))
+        except RequestError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except OSError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.exception("control request %r failed", line[:200])
+            reply = {"ok": False, "error": f"the daemon could not handle the request ({type(exc).__name__}: "
+                                          f"{exc}); its log has the details"}
+        await _reply(stream, reply)
 
 
 async def _reply(stream: trio.SocketStream, reply: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import re
 import stat
 import time
 from dataclasses import replace
@@ -161,6 +162,9 @@ class Store:
     def fork(self, snapshot: SnapshotRecord, name: str | None = None) -> BranchRecord:
         """A new branch that starts as ``snapshot`` and leaves it untouched: O(1)."""
         names = self.index.db(DB_BRANCH_NAMES)
+
+        if name is not None:
+            check_branch_name(name)
 
         def create(txn: lmdb.Transaction) -> BranchRecord:
             chosen = name
@@ -365,6 +369,16 @@ class Store:
         """Packs first, then the index, so the index never points at bytes a crash could lose."""
         self.sync_packs()
         self.index.sync()
+
+
+BRANCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_branch_name(name: str) -> None:
+    """Branch names become file names (logs, locks): names, never paths."""
+    if not BRANCH_NAME.fullmatch(name) or ".." in name:
+        raise StoreError(f"{name!r} is not a usable branch name: use 1 to 64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit (no '/' and no '..')")
 
 
 def describe(record: SnapshotRecord) -> dict:

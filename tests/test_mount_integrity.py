@@ -92,6 +92,63 @@ def test_malformed_control_requests_change_nothing(workspace):
     assert json.loads(workspace.cli("log", "--json").stdout)[0]["label"] == "after fuzz"
 
 
+def test_no_client_can_take_the_mount_down(workspace):
+    """Issue 14, holes 4 and 5: deeply nested, huge, truncated and withheld requests, and more
+    idle connections than the daemon serves at once."""
+    mnt = workspace.mount()
+    (mnt / "keep").write_bytes(b"precious")
+    sock_path = str(control_socket_path(mnt))
+
+    def ask(payload: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(30)
+            conn.connect(sock_path)
+            try:
+                conn.sendall(payload)
+                conn.shutdown(socket.SHUT_WR)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon refused the rest (too large): its answer may still be there
+            try:
+                return conn.makefile("rb").readline()
+            except ConnectionResetError:
+                return b""
+
+    nested = ask(b"[" * 200_000 + b"]" * 200_000 + b"\n")
+    assert json.loads(nested) == {"ok": False, "error": "malformed request: nested too deeply"}
+    too_big = ask(b'{"op": "status", "pad": "' + b"x" * (2 << 20) + b'"}\n')
+    assert too_big == b"" or "too large" in json.loads(too_big)["error"]
+    assert ask(b'{"op": "sta') == b"" or json.loads(ask(b'{"op": "sta'))["ok"] is False  # truncated
+    deep_meta = b'{"op": "snapshot", "label": "deep", "meta": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}\n"
+    assert json.loads(ask(deep_meta))["ok"] is False
+    idle = []
+    try:
+        for _ in range(300):  # far more than MAX_CONNECTIONS, none of them saying anything
+            conn = socket.socket(socket.AF_UNIX)
+            conn.connect(sock_path)
+            idle.append(conn)
+        assert workspace.snap(mnt, "while crowded")["id"].startswith("@"), "a real client is still served"
+    finally:
+        for conn in idle:
+            conn.close()
+    assert (mnt / "keep").read_bytes() == b"precious"
+    assert workspace.cli("fsck").returncode == 0
+
+
+def test_branch_names_are_names_not_paths(workspace):
+    """Issue 14, hole 6: --branch ../../x once wrote a log file outside the store."""
+    mnt = workspace.mount()
+    (mnt / "f").write_text("x")
+    snap = workspace.snap(mnt, "one")["id"]
+    escape = workspace.root / "escaped"
+    target = workspace.root / "target"
+    target.mkdir()
+    result = workspace.cli("mount", snap, str(target), "--branch", f"../../{escape.name}", check=False)
+    assert result.returncode != 0 and "is not a usable branch name" in result.stderr
+    assert not list(workspace.root.glob("escaped*")) and not os.path.ismount(target)
+    good = workspace.mount(snap, name="good", branch="from-one_v2.1")
+    assert (good / "f").read_text() == "x"
+
+
 def test_other_users_cannot_reach_the_daemon_or_the_mount(workspace):
     mnt = workspace.mount()
     (mnt / "secret").write_text("mine")
