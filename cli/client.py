@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from cowfs.daemon.addresses import AddressError, MountEntry, control_socket_path, cowfs_mount_of
+from cowfs.daemon.addresses import AddressError, MountEntry, cowfs_mount_of, find_control_socket
 from cowfs.fs.store import default_store_path
 
 
@@ -17,7 +17,10 @@ class DaemonError(Exception):
 
 
 def request(mountpoint: str | Path, payload: dict, timeout: float = 120.0) -> dict:
-    path = control_socket_path(mountpoint)
+    try:
+        path = find_control_socket(mountpoint)
+    except AddressError as exc:
+        raise DaemonError(str(exc)) from None
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)

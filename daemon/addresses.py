@@ -20,24 +20,70 @@ class AddressError(Exception):
     """The runtime directory is unsafe, or a path is in no cowfs mount."""
 
 
-def runtime_dir() -> Path:
-    """A directory only this user can enter: /run/user/UID when it exists, else /tmp/cowfs-UID."""
+def runtime_candidates() -> list[Path]:
+    """Where this user's control sockets may live, best first: the session's runtime directory,
+    then a per-user name in the shared /tmp, then a place under the user's own home that no
+    one else can have made first."""
     uid = os.getuid()
-    base = Path(f"/run/user/{uid}")
-    path = base / "cowfs" if base.is_dir() else Path(f"/tmp/cowfs-{uid}")
+    found = []
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg):
+        found.append(Path(xdg) / "cowfs")
+    if Path(f"/run/user/{uid}").is_dir():
+        found.append(Path(f"/run/user/{uid}/cowfs"))
+    found.append(Path(f"/tmp/cowfs-{uid}"))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    found.append(Path(cache) / "cowfs" / "run")
+    return list(dict.fromkeys(found))
+
+
+def _private(path: Path, create: bool) -> str | None:
+    """None when ``path`` is a directory only this user can enter (made if ``create``), else why not."""
+    uid = os.getuid()
     try:
-        path.mkdir(mode=0o700, exist_ok=True)
+        if create:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+    except FileNotFoundError:
+        return "it does not exist"
     except OSError as exc:
-        raise AddressError(f"cannot create the runtime directory {path}: {exc.strerror}") from exc
-    info = path.lstat()
+        return f"it cannot be made ({exc.strerror})"
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or stat.S_IMODE(info.st_mode) & 0o077:
-        raise AddressError(f"{path} is not a private directory owned by uid {uid}; remove it and retry")
-    return path
+        return f"it is not a private directory of uid {uid} (someone else may have made it first)"
+    return None
+
+
+def runtime_dir() -> Path:
+    """The first candidate that is, or can be made, a directory only this user can enter.
+    A name another user took first (``/tmp/cowfs-UID`` made by them, say) is passed over."""
+    refused = []
+    for path in runtime_candidates():
+        why = _private(path, create=True)
+        if why is None:
+            return path
+        refused.append(f"{path}: {why}")
+    raise AddressError("no private runtime directory for the control socket: " + "; ".join(refused)
+                       + "; remove the ones you own, or set XDG_RUNTIME_DIR to a directory of yours")
 
 
 def control_socket_path(mountpoint: str | Path) -> Path:
-    key = blake3.blake3(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:24]
-    return runtime_dir() / f"{key}.sock"
+    """Where the daemon of ``mountpoint`` listens (for the daemon: in the first usable place)."""
+    return runtime_dir() / _socket_name(mountpoint)
+
+
+def find_control_socket(mountpoint: str | Path) -> Path:
+    """Where the daemon of ``mountpoint`` listens (for a client): a daemon started while the
+    first choice was unusable listens further down the list, so look in every private one."""
+    name = _socket_name(mountpoint)
+    for path in runtime_candidates():
+        if _private(path, create=False) is None and (path / name).exists():
+            return path / name
+    return control_socket_path(mountpoint)
+
+
+def _socket_name(mountpoint: str | Path) -> str:
+    return blake3.blake3(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:24] + ".sock"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 from conftest import needs_fuse, run_cli
 
@@ -77,6 +82,40 @@ def test_store_and_socket_are_private(workspace):
     sock = control_socket_path(mnt)
     assert os.stat(sock).st_mode & 0o777 == 0o600
     assert os.stat(sock.parent).st_mode & 0o777 == 0o700
+
+
+def test_a_runtime_directory_another_user_made_first_is_passed_over():
+    """Issue 14, hole 1: another user who creates /tmp/cowfs-UID (0777) before the victim once
+    stopped the victim from ever mounting. Reproduced in a mount namespace of its own, with a
+    fresh /tmp, so the attack does not touch this machine's real runtime directory."""
+    from conftest import _reap_daemons
+
+    root = Path(tempfile.mkdtemp(prefix="cowfs-runtime-", dir="/var/tmp"))
+    store, mnt = root / "store", root / "mnt"
+    mnt.mkdir()
+    cowfs = f"{sys.executable} -m cowfs.cli.main --store {store}"
+    script = f"""
+set -e
+mount --make-rprivate /
+mount -t tmpfs tmpfs /tmp
+mkdir /tmp/cowfs-0 && chown 65534:65534 /tmp/cowfs-0 && chmod 0777 /tmp/cowfs-0
+unset XDG_RUNTIME_DIR
+export XDG_CACHE_HOME={root}/cache
+{cowfs} init
+trap '{cowfs} umount {mnt} >/dev/null 2>&1 || true' EXIT
+{cowfs} mount {mnt}
+{cowfs} snap -m 'despite the squatter' {mnt}
+{cowfs} status --json
+ls {root}/cache/cowfs/run
+"""
+    try:
+        result = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "@1" in result.stdout and str(mnt) in result.stdout and ".sock" in result.stdout
+    finally:
+        _reap_daemons(store)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_init_import_makes_the_first_snapshot(tmp_path):
