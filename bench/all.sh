@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark, one command (about 25 minutes on a 2-core machine); tables go to stdout and
+# Every benchmark, one command (about 30 minutes on a 2-core machine); tables go to stdout and
 # bench/results/. Run bench/setup.sh once first for the peers (borg, btrfs, dvc) and pandas.
 set -euo pipefail
 cd "$(dirname "$0")/.."
