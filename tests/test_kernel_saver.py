@@ -191,3 +191,22 @@ def test_a_module_entry_never_imports_a_file_from_the_workspace(session, tmp_pat
     values, problems = session.load(problems=True)
     assert "np" not in values and any("would come from the working directory" in p for p in problems), problems
     assert not (tmp_path / "ran").exists()
+
+
+def test_the_c_slots_and_their_python_fallback_record_the_same_names():
+    from cowfs.cli.kernel.namespace import _PythonTracking
+
+    class PythonOnly(_PythonTracking):
+        pass
+
+    program = ("x = 1\ndef f():\n    global z\n    z = len(data) + x\n    return data\n"
+               "f()\ndel x\ntry:\n    missing\nexcept NameError:\n    pass\n")
+    seen = []
+    for namespace in (TrackedNamespace({"__builtins__": __builtins__, "data": [1]}),
+                      PythonOnly({"__builtins__": __builtins__, "data": [1]})):
+        namespace.touched = set()
+        exec(compile(program, "<cell>", "exec"), namespace)
+        seen.append(namespace.touched)
+        assert dict.get(namespace, "z") == 2 and "x" not in namespace
+    assert seen[0] == seen[1]
+    assert {"x", "f", "data", "missing"} <= seen[0], "STORE_GLOBAL z is seen by identity, not here"
