@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cowfs.cli.client import DaemonError, request
 from cowfs.daemon.addresses import mounts
+from cowfs.fs.store import open_private
 
 READY_TIMEOUT = 60.0
 
@@ -27,7 +28,8 @@ def start_daemon(store: Path, branch: str, mountpoint: Path, *, allow_other: boo
     if foreground:
         os.execv(sys.executable, command + ["--foreground", str(mountpoint)])
     read_end, write_end = os.pipe()
-    stderr_log = open(store / "logs" / "daemon-stderr.log", "ab")
+    stderr_log = open(open_private(store / "logs" / "daemon-stderr.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                      "ab")
     try:
         subprocess.Popen(command + ["--ready-fd", str(write_end), str(mountpoint)], pass_fds=[write_end],
                          start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

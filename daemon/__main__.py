@@ -16,7 +16,7 @@ from cowfs.daemon.flusher import Flusher
 from cowfs.daemon.operations import CowOperations
 from cowfs.daemon.service import Daemon
 from cowfs.fs.errors import StoreError
-from cowfs.fs.store import Store
+from cowfs.fs.store import Store, open_private
 from cowfs.fs.tree import Tree
 
 log = logging.getLogger("cowfs.daemon")
@@ -39,7 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def setup_logging(store: Path, branch: str, foreground: bool, debug: bool) -> None:
     if "/" in branch or branch.startswith("."):  # made before names were checked: never a path
         raise StoreError(f"branch name {branch!r} cannot name a log file; mount a snapshot of it as a new branch")
-    handlers: list[logging.Handler] = [logging.FileHandler(store / "logs" / f"{branch}.log")]
+    log_file = open(open_private(store / "logs" / f"{branch}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                    "a", encoding="utf-8")
+    handlers: list[logging.Handler] = [logging.StreamHandler(log_file)]
     if foreground:
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=handlers,

@@ -61,7 +61,7 @@ class PackWriter:
     def __init__(self, directory: Path, pack_id: int) -> None:
         self.pack_id = pack_id
         self.path = pack_path(directory, pack_id)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         # The pack's name must be durable before any index entry that names it can be.
         sync_directory(directory)
         # A shared lock says "being appended to": gc never rewrites or deletes such a pack.

@@ -6,6 +6,7 @@ workspace; ``cowfs.fs.tree`` builds the filesystem on top of it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import itertools
 import os
@@ -72,6 +73,7 @@ class Store:
                 raise StoreError(f"{path} is not empty and not a cowfs store; refusing to put a store there "
                                  "(choose an empty or new directory)")
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        check_safe_location(path)
         os.chmod(path, 0o700)
         # index.lmdb made here: LMDB would create it with the files' mode (0600, not enterable).
         for sub in ("packs", "logs", "locks", "index.lmdb"):
@@ -103,6 +105,7 @@ class Store:
         path = Path(path).absolute()
         if not path.exists():
             raise StoreError(f"no cowfs store at {path}: run `cowfs init` first, or pass --store / COWFS_STORE")
+        check_safe_location(path)
         if not (path / "index.lmdb" / "data.mdb").is_file():
             raise StoreError(f"{path} is not a cowfs store (it has no index.lmdb); pass the directory that "
                              "`cowfs init` created")
@@ -196,7 +199,7 @@ class Store:
     def lock_branch(self, branch: BranchRecord, holder: str) -> int:
         """One daemon serves a branch at a time; the lock dies with its process."""
         path = self.path / "locks" / f"branch-{branch.id}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -356,7 +359,8 @@ class Store:
 
     def flag_damage(self, report: str) -> None:
         """Leave a note that the store needs `cowfs fsck`, which `cowfs status` shows."""
-        with open(self.path / NEEDS_FSCK, "a", encoding="utf-8") as note:
+        fd = open_private(self.path / NEEDS_FSCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with open(fd, "a", encoding="utf-8") as note:
             note.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {report}\n")
 
     def sync_packs(self) -> None:
@@ -369,6 +373,43 @@ class Store:
         """Packs first, then the index, so the index never points at bytes a crash could lose."""
         self.sync_packs()
         self.index.sync()
+
+
+def check_safe_location(path: Path) -> None:
+    """Use a store only where nobody else could have changed it, as OpenSSH checks ~/.ssh: the
+    store and every directory above it belong to the caller or root, and none of them is
+    writable by others (a sticky directory such as /tmp is fine: others cannot replace what
+    is ours in it). Otherwise root running `cowfs --store ~user/st` would follow whatever
+    links that user planted in it."""
+    uid = os.getuid()
+    current = Path(path)
+    while True:
+        try:
+            info = current.lstat()
+        except OSError as exc:
+            raise StoreError(f"cannot check {current}: {exc.strerror}") from None
+        if stat.S_ISLNK(info.st_mode):
+            info = current.stat()  # a link to the store or above it: judge where it leads
+        if info.st_uid not in (uid, 0):
+            raise StoreError(f"{current} belongs to uid {info.st_uid}, not to you: cowfs uses only stores that "
+                             "you (or root) own all the way up; copy the store, or run cowfs as its owner")
+        if stat.S_IMODE(info.st_mode) & 0o022 and not info.st_mode & stat.S_ISVTX:
+            raise StoreError(f"{current} is writable by others (mode {stat.S_IMODE(info.st_mode):o}), so anyone "
+                             f"could change the store below it; `chmod go-w {current}` or move the store")
+        if current.parent == current:
+            return
+        current = current.parent
+
+
+def open_private(path: Path, flags: int) -> int:
+    """Open a file of the store, never through a symlink (a planted one is an error)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"{path} is a symbolic link; a store never holds one (someone planted it?): "
+                             "remove it and run `cowfs fsck`") from None
+        raise
 
 
 BRANCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

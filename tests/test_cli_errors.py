@@ -118,6 +118,45 @@ ls {root}/cache/cowfs/run
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_store_someone_else_could_change_is_never_used(tmp_path):
+    """Issue 14, hole 2: root ran `cowfs --store ~user/st mount DIR` and truncated or appended
+    to whatever files the user's planted symlinks named."""
+    victims = {name: tmp_path / name for name in ("lock-victim", "log-victim")}
+    for victim in victims.values():
+        victim.write_text("root's own\n")
+        victim.chmod(0o600)
+    theirs = tmp_path / "theirs"
+    run_cli("init", store=theirs)
+    (theirs / "locks" / "branch-1").symlink_to(victims["lock-victim"])
+    (theirs / "logs").mkdir(exist_ok=True)
+    (theirs / "logs" / "main.log").symlink_to(victims["log-victim"])
+    for path in [theirs, *theirs.rglob("*")]:
+        os.lchown(path, 65534, 65534)
+    target = tmp_path / "mnt"
+    target.mkdir()
+    try:
+        assert_fails(run_cli("mount", str(target), store=theirs, check=False), "belongs to uid 65534")
+        assert_fails(run_cli("log", store=theirs, check=False), "belongs to uid 65534")
+
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)  # writable by all, not sticky
+        assert_fails(run_cli("init", store=shared / "store", check=False), "is writable by others")
+
+        mine = tmp_path / "mine"
+        run_cli("init", store=mine)
+        (mine / "logs" / "main.log").unlink(missing_ok=True)
+        (mine / "logs" / "main.log").symlink_to(victims["log-victim"])
+        result = run_cli("mount", str(target), store=mine, check=False)
+        assert result.returncode != 0 and "symbolic link" in result.stderr and not os.path.ismount(target)
+        assert all(v.read_text() == "root's own\n" for v in victims.values()), "no planted link was followed"
+    finally:
+        if os.path.ismount(target):  # only when the test fails: never leave a mount behind
+            from conftest import force_unmount
+
+            force_unmount(target)
+
+
 def test_init_import_makes_the_first_snapshot(tmp_path):
     from test_mount_snapshots import tree_digest
     from conftest import Workspace
