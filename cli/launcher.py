@@ -86,12 +86,30 @@ def abort_connection(mountpoint: Path) -> None:
 
 def detach_stale(mountpoint: Path) -> None:
     """A mount whose daemon died answers every call with ENOTCONN; a lazy unmount clears it."""
+    refuse_foreign(mountpoint)
     abort_connection(mountpoint)
     subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if is_mounted(mountpoint):
         subprocess.run(["umount", "-l", str(mountpoint)], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def foreign_owner(mountpoint: Path) -> int | None:
+    """The uid serving ``mountpoint`` when it is not ours: its socket is out of our reach, so
+    failing to reach it says nothing about whether its daemon lives, and nothing of ours may
+    abort it (root included: that would fail the owner's requests and lose unflushed data)."""
+    entry = next((e for e in mounts() if e.mountpoint == str(mountpoint)), None)
+    if entry is not None and entry.owner is not None and entry.owner != os.getuid():
+        return entry.owner
+    return None
+
+
+def refuse_foreign(mountpoint: Path) -> None:
+    owner = foreign_owner(mountpoint)
+    if owner is not None:
+        raise DaemonError(f"{mountpoint} is a live mount of uid {owner}, not yours; it is not stale. "
+                          f"Ask its owner to run `cowfs umount {mountpoint}`")
 
 
 def daemon_alive(mountpoint: Path) -> bool:
@@ -106,6 +124,7 @@ def stop_daemon(mountpoint: Path, timeout: float = 120.0, linger: float = 3.0) -
     """Ask the daemon to flush and unmount. Returns ("stopped", pid); ("detached", pid) when the
     mount was busy, so it was detached and the daemon serves its last users before exiting;
     or ("stale", None) when the daemon had died and the stale mount was cleared."""
+    refuse_foreign(mountpoint)
     try:
         pid = request(mountpoint, {"op": "stop"})["pid"]
     except DaemonError:

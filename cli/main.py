@@ -136,6 +136,7 @@ def mount(context: Context, source: str | None, mountpoint: Path | None, branch:
 
 def _check_mountpoint(mountpoint: Path) -> None:
     if launcher.is_mounted(mountpoint):
+        launcher.refuse_foreign(mountpoint)
         if launcher.daemon_alive(mountpoint):
             fail(f"{mountpoint} is already mounted; `cowfs umount {mountpoint}` first")
         click.echo(f"clearing a stale mount at {mountpoint} (its daemon had died)", err=True)

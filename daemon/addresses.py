@@ -91,6 +91,7 @@ class MountEntry:
     mountpoint: str
     device: str  # "major:minor", which names the mount's bdi in /sys/class/bdi
     fstype: str
+    owner: int | None = None  # a FUSE mount's user_id: whose daemon serves it
 
 
 def _unescape(field: str) -> str:
@@ -112,7 +113,10 @@ def mounts() -> list[MountEntry]:
         for line in table:
             before, _, after = line.partition(" - ")
             fields = before.split()
-            entries.append(MountEntry(_unescape(fields[4]), fields[2], after.split()[0]))
+            rest = after.split()
+            options = dict(o.partition("=")[::2] for o in rest[2].split(",")) if len(rest) > 2 else {}
+            owner = int(options["user_id"]) if options.get("user_id", "").isdigit() else None
+            entries.append(MountEntry(_unescape(fields[4]), fields[2], rest[0], owner))
     return entries
 
 

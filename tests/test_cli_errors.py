@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from conftest import needs_fuse, run_cli
 
@@ -183,3 +186,26 @@ def test_init_import_makes_the_first_snapshot(tmp_path):
         ws.unmount_all()
     assert_fails(run_cli("init", "--import", str(tmp_path / "missing"), store=tmp_path / "s2", check=False),
                  "not a directory")
+
+
+def test_another_users_live_mount_is_never_taken_for_stale(monkeypatch):
+    """Issue 14, hole 7: root's `cowfs umount` of another user's live mount could not reach
+    that user's socket, called the mount stale and aborted its FUSE connection. Checked on a
+    real mountinfo line of another user's cowfs mount (no second user can run this venv's
+    Python on these machines, see issue 13), with fusectl and fusermount3 made to fail the
+    test if they are reached."""
+    from cowfs.cli import launcher
+    from cowfs.cli.client import DaemonError
+    from cowfs.daemon import addresses
+
+    line = ("61 29 0:53 / /home/ann/work rw,nosuid,nodev,relatime shared:1 - fuse.cowfs cowfs "
+            "rw,user_id=1000,group_id=1000,default_permissions\n")
+    monkeypatch.setattr(addresses, "open", lambda *a, **k: io.StringIO(line), raising=False)
+    entry = addresses.mounts()[0]
+    assert (entry.mountpoint, entry.fstype, entry.owner) == ("/home/ann/work", "fuse.cowfs", 1000)
+    monkeypatch.setattr(launcher, "mounts", lambda: [entry])
+    monkeypatch.setattr(launcher, "abort_connection", lambda *_: pytest.fail("aborted a live mount"))
+    monkeypatch.setattr(launcher.subprocess, "run", lambda *a, **k: pytest.fail("ran " + " ".join(a[0])))
+    for attempt in (launcher.stop_daemon, launcher.detach_stale):
+        with pytest.raises(DaemonError, match="live mount of uid 1000, not yours; it is not stale"):
+            attempt(Path("/home/ann/work"))
