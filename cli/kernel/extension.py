@@ -155,8 +155,10 @@ class CellSnapshots:
         child takes a companion snapshot (``kind: vars``) once the variables are written,
         which is where a restore reads them. Either way a failure costs the variables of
         this cell (said once, in one line), never the cell or its files' snapshot."""
+        session_dir = self.saver.relative_dir
+        meta = {**meta, "vars": session_dir}
         if self.saver.in_flight >= MAX_IN_FLIGHT or self.saver.background_done():
-            self._settle(root, meta["vars"])
+            self._settle(root, session_dir)
         try:
             plan = self.saver.plan()
         except Exception as exc:
@@ -165,11 +167,11 @@ class CellSnapshots:
             try:
                 record = snapshot(root, label, {**meta, "vars_pending": True}, timeout=SNAPSHOT_TIMEOUT)
             except BaseException:
-                self._settle(root, meta["vars"])
+                self._settle(root, session_dir)
                 self.saver.abandon()
                 raise
             self.saver.apply_in_background(plan, root, record["id"],
-                                           companion_snapshot(root, record["id"], meta["vars"]))
+                                           companion_snapshot(root, record["id"], session_dir))
             self.last_after = record["id"]
             self._report_variables({"vars_saved": True})
             return
