@@ -153,6 +153,17 @@ def _cmdline(proc: Path) -> str:
 
 
 @pytest.fixture
+def kernel_env(workspace, tmp_path, monkeypatch):
+    """A workspace whose kernels load the extension, with IPython's and cowfs's per-user files
+    (the variables' signing key) in the test's own directory."""
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("COWFS_STORE", str(workspace.store))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    workspace.cli("kernel", "install")
+    return workspace
+
+
+@pytest.fixture
 def store(tmp_path: Path):
     opened = Store.init(tmp_path / "store")
     try:

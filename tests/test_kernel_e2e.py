@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -38,15 +37,6 @@ def run_notebook(directory, sources: list[str]) -> nbformat.NotebookNode:
 
 def stdout_of(cell) -> str:
     return "".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout")
-
-
-@pytest.fixture
-def kernel_env(workspace, tmp_path, monkeypatch):
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("COWFS_STORE", str(workspace.store))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # the signing key
-    workspace.cli("kernel", "install")
-    return workspace
 
 
 def test_every_cell_snapshotted_then_files_and_variables_come_back(kernel_env):

@@ -11,8 +11,6 @@ import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import kernel_helpers

@@ -92,13 +92,9 @@ class Kernel:
 
 
 @pytest.fixture
-def kernel_ws(workspace, tmp_path, monkeypatch):
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("COWFS_STORE", str(workspace.store))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # the signing key
-    workspace.cli("kernel", "install")
-    workspace.mnt = workspace.mount()
-    return workspace
+def kernel_ws(kernel_env):
+    kernel_env.mnt = kernel_env.mount()
+    return kernel_env
 
 
 def after_snapshots(ws, session_prefix: str | None = None) -> dict[int, object]:
