@@ -149,17 +149,19 @@ def collect_chunks(store: Store) -> int:
 
 
 def rewrite_packs(store: Store, report: GcReport) -> None:
+    store.close_pack()  # our own pack too may be rewritten; moved chunks go to a fresh one
+    # Which packs are finished must be known before which chunks they hold: a daemon indexes
+    # a batch's chunks and only then closes (unlocks) the pack. Reading the index first would
+    # miss the chunks of a pack whose last batch committed in between, and delete them.
+    finished = [path for path in sorted((store.path / "packs").glob("*.pack")) if not pack_in_use(path)]
     chunks = store.index.db(DB_CHUNKS)
     live: dict[int, list[tuple[bytes, ChunkLocation]]] = defaultdict(list)
     with store.index.reading() as txn:
         for digest, raw in txn.cursor(db=chunks):
             location = ChunkLocation.decode(raw)
             live[location.pack].append((digest, location))
-    store.close_pack()  # our own pack too may be rewritten; moved chunks go to a fresh one
-    for path in sorted((store.path / "packs").glob("*.pack")):
+    for path in finished:
         pack_id = int(path.stem)
-        if pack_in_use(path):
-            continue
         entries = live.get(pack_id, [])
         live_bytes = sum(loc.stored_len for _, loc in entries)
         if entries and live_bytes >= REWRITE_BELOW_LIVE_RATIO * path.stat().st_size:

@@ -61,11 +61,15 @@ class PackWriter:
     def __init__(self, directory: Path, pack_id: int) -> None:
         self.pack_id = pack_id
         self.path = pack_path(directory, pack_id)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        # A shared lock says "being appended to": gc never rewrites or deletes such a pack. The
+        # pack is locked under a name gc does not list and only then given its own, so gc never
+        # sees it unlocked and empty (and deletes it under the writer) between open and flock.
+        hidden = self.path.with_name(f".{self.path.name}.new")
+        self._fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+        os.rename(hidden, self.path)
         # The pack's name must be durable before any index entry that names it can be.
         sync_directory(directory)
-        # A shared lock says "being appended to": gc never rewrites or deletes such a pack.
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
         self.size = os.fstat(self._fd).st_size
         self._unsynced = False
         self._lock = threading.Lock()  # the flusher's worker threads append side by side
