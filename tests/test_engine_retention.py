@@ -149,3 +149,68 @@ def test_fsck_finds_and_repairs(tmp_path):
     store.chunk_cache.clear()
     assert tree.read(ino, 0, 10) == bytes(range(10))
     store.close()
+
+
+WRITER = r'''
+import os, sys
+from pathlib import Path
+from cowfs.fs.store import ROOT_INODE, Store
+from cowfs.fs.tree import Tree
+store = Store.open(Path(sys.argv[1]))
+tree = Tree(store, 1)
+small, _ = tree.create(ROOT_INODE, b"small", 0o100644, 0, 0)
+tree.write(small, 0, os.urandom(20_000))
+tree.flush()  # its pack is now open and locked by this process: a daemon's current pack
+big, _ = tree.create(ROOT_INODE, b"big", 0o100644, 0, 0)
+tree.write(big, 0, os.urandom(600_000))
+print("ready", flush=True)
+sys.stdin.readline()
+tree.flush()  # the last batch lands in the same pack and is indexed...
+store.close_pack()  # ...and only then is the pack closed, as a daemon rotates it for gc
+print("closed", flush=True)
+sys.stdin.readline()
+store.close()
+'''
+
+
+def test_gc_never_deletes_chunks_committed_while_it_looks_at_packs(tmp_path, monkeypatch):
+    """A daemon that indexes its last batch and closes its pack while gc runs (gc asks live
+    daemons to close their packs) once lost that batch: gc had read which chunks each pack
+    holds before it saw the pack closed. The writer finishes exactly between the two."""
+    import subprocess
+    import sys
+
+    import cowfs.fs.gc as gc
+
+    path = tmp_path / "store"
+    Store.init(path).close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        real_in_use = gc.pack_in_use
+        finished = []
+
+        def in_use(pack) -> bool:
+            if not finished and real_in_use(pack):
+                writer.stdin.write("go\n")
+                writer.stdin.flush()
+                finished.append(writer.stdout.readline().strip())
+            return real_in_use(pack)
+
+        monkeypatch.setattr(gc, "pack_in_use", in_use)
+        store = Store.open(path)
+        try:
+            collect_garbage(store)
+            assert finished == ["closed"], "the writer finished while gc looked at its pack"
+            report = check(store)
+            assert report.clean, report.damage
+            tree = Tree(store, 1)
+            ino, attrs = tree.lookup(ROOT_INODE, b"big")
+            assert len(tree.read(ino, 0, attrs.size)) == 600_000
+        finally:
+            store.close()
+    finally:
+        writer.stdin.write("bye\n")
+        writer.stdin.flush()
+        writer.wait(timeout=30)
