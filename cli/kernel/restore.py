@@ -48,7 +48,9 @@ class _SavedFiles:
         if found is None:
             return None
         ino, attrs = found
-        total = attrs.size if size is None else size
+        if size is not None and attrs.size != size:
+            raise RestoreError(f"{relative} holds {attrs.size} bytes, not the {size} its manifest names")
+        total = attrs.size
         out = bytearray(total)
         view = memoryview(out)
         for start in range(0, total, READ_PIECE):
@@ -116,7 +118,7 @@ def kernel_alive(session_dir: str) -> bool:
 def branch_is_served(store: Store, branch_id: int) -> bool:
     """Whether a daemon holds the branch's lock (it is released when the daemon dies)."""
     try:
-        fd = os.open(store.path / "locks" / f"branch-{branch_id}", os.O_RDONLY)
+        fd = os.open(store.path / "locks" / f"branch-{branch_id}", os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return False
     try:
