@@ -52,6 +52,8 @@ def _fingerprint(value: Any, depth: int) -> Any:
         return ["Random", hashlib.sha256(repr(value.getstate()).encode()).hexdigest()]
     if isinstance(value, types.MethodType):
         return ["method", value.__func__.__qualname__, _fingerprint(value.__self__, depth + 1)]
+    if isinstance(value, types.BuiltinMethodType) and not isinstance(value.__self__, (types.ModuleType, type(None))):
+        return ["method", value.__qualname__, _fingerprint(value.__self__, depth + 1)]
     if isinstance(value, type):
         attrs = {k: v for k, v in vars(value).items() if not k.startswith("__") and not callable(v)}
         return ["class", value.__qualname__, _fingerprint(attrs, depth + 1)]
