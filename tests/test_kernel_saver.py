@@ -208,3 +208,22 @@ def test_the_c_slots_and_their_python_fallback_record_the_same_names():
         assert dict.get(namespace, "z") == 2 and "x" not in namespace
     assert seen[0] == seen[1]
     assert {"x", "f", "data", "missing"} <= seen[0], "STORE_GLOBAL z is seen by identity, not here"
+
+
+def test_variables_saved_by_the_format_before_groups_still_restore(tmp_path):
+    import cloudpickle
+
+    files = {"manifest.json": json.dumps({
+        "x": {"inline": base64.b64encode(cloudpickle.dumps([1, 2])).decode()},
+        "big": {"file": "big.pkl"}, "js": {"module": "json"}, "gen": {"error": "generator cannot be saved"},
+    }).encode(), "big.pkl": cloudpickle.dumps(list(range(1000)))}
+
+    def read(name: str, size: int | None = None) -> bytearray | None:
+        return bytearray(files[name]) if name in files else None
+
+    with pytest.raises(RestoreError, match="not signed"):
+        load_saved(read, None, "@1")
+    values, problems = load_saved(read, None, "@1", trust=True)
+    assert values["x"] == [1, 2] and values["big"] == list(range(1000)) and values["js"] is json
+    assert problems == ["gen: not saved: generator cannot be saved"]
+    assert set(load_saved(read, ["x"], "@1", trust=True)[0]) == {"x"}

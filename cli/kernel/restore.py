@@ -157,23 +157,28 @@ def load_saved(read: Reader, wanted: list[str] | None, where: str,
     if missing:
         raise RestoreError(f"{', '.join(missing)} {'was' if len(missing) == 1 else 'were'} not saved at "
                            f"{where}; saved there: {', '.join(sorted(names)) or '(nothing)'}")
-    chosen = sorted(names) if not wanted else wanted
+    groups = manifest["groups"]
+    return _load_each(names, wanted or sorted(names), lambda entry: dict(
+        zip(groups[entry["group"]]["names"], _load_group(read, groups[entry["group"]], trust))))
+
+
+def _load_each(entries: dict[str, dict], chosen: list[str],
+               load: Callable[[dict], dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """What both manifest formats share: modules by name, unsaved values reported, and each
+    failure a line of its own rather than the end of the restore."""
     values: dict[str, Any] = {}
     problems: list[str] = []
-    loaded_groups: set[str] = set()
     for name in chosen:
-        entry = names[name]
+        if name in values:
+            continue  # came back with its group
+        entry = entries[name]
         try:
             if "module" in entry:
                 values[name] = import_module(entry["module"])
-            elif "group" in entry:
-                gid = entry["group"]
-                if gid not in loaded_groups:
-                    loaded_groups.add(gid)
-                    group = manifest["groups"][gid]
-                    values.update(zip(group["names"], _load_group(read, group, trust)))
+            elif "error" in entry:
+                problems.append(f"{name}: not saved: {entry['error']}")
             else:
-                problems.append(f"{name}: not saved: {entry.get('error', 'unknown reason')}")
+                values.update(load(entry))
         except Exception as exc:
             problems.append(f"{name}: could not be restored ({type(exc).__name__}: {exc})")
     return values, problems
@@ -223,23 +228,13 @@ def import_module(name: str) -> Any:
 
 def _load_format_1(read: Reader, manifest: dict, wanted: list[str] | None) -> tuple[dict[str, Any], list[str]]:
     """Variables saved before groups and out-of-band buffers existed: one pickle per name."""
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for name, entry in sorted(manifest.items()):
-        if wanted and name not in wanted:
-            continue
-        try:
-            if "module" in entry:
-                values[name] = import_module(entry["module"])
-            elif "inline" in entry:
-                values[name] = cloudpickle.loads(base64.b64decode(entry["inline"]))
-            elif "file" in entry:
-                data = read(entry["file"])
-                if data is None:
-                    raise RestoreError("its saved file is missing")
-                values[name] = cloudpickle.loads(data)
-            else:
-                problems.append(f"{name}: not saved: {entry.get('error', 'unknown reason')}")
-        except Exception as exc:
-            problems.append(f"{name}: could not be restored ({type(exc).__name__}: {exc})")
-    return values, problems
+    def load(entry: dict) -> dict[str, Any]:
+        if "inline" in entry:
+            return {entry["name"]: cloudpickle.loads(base64.b64decode(entry["inline"]))}
+        data = read(entry["file"])
+        if data is None:
+            raise RestoreError("its saved file is missing")
+        return {entry["name"]: cloudpickle.loads(data)}
+
+    entries = {name: {**entry, "name": name} for name, entry in manifest.items()}
+    return _load_each(entries, sorted(n for n in entries if not wanted or n in wanted), load)
