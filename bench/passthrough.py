@@ -97,6 +97,19 @@ class Passthrough(pyfuse3.Operations):
         os.mkdir(path, mode)
         return self._known(path)
 
+    async def symlink(self, parent_inode, name, target, ctx):
+        path = os.path.join(self._path(parent_inode), os.fsdecode(name))
+        os.symlink(target, path)
+        return self._known(path)
+
+    async def readlink(self, inode, ctx):
+        return os.fsencode(os.readlink(self._path(inode)))
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        path = os.path.join(self._path(new_parent_inode), os.fsdecode(new_name))
+        os.link(self._path(inode), path)
+        return self._known(path)
+
     async def unlink(self, parent_inode, name, ctx):
         try:
             os.unlink(os.path.join(self._path(parent_inode), os.fsdecode(name)))
