@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from cowfs.daemon.addresses import AddressError, MountEntry, cowfs_mount_of, find_control_socket
+from cowfs.daemon.addresses import AddressError, MountEntry, cowfs_mount_of, find_control_socket, mounts
 from cowfs.fs.store import default_store_path
 
 
@@ -16,7 +16,24 @@ class DaemonError(Exception):
     """The daemon could not be reached or refused the request; the message says what to do."""
 
 
+def foreign_owner(mountpoint: str | Path) -> int | None:
+    """The uid serving ``mountpoint`` when it is not ours: its socket is out of our reach, so
+    failing to reach it says nothing about whether its daemon lives, and nothing of ours may
+    abort it (root included: that would fail the owner's requests and lose unflushed data)."""
+    entry = next((e for e in mounts() if e.mountpoint == str(mountpoint)), None)
+    if entry is not None and entry.owner is not None and entry.owner != os.getuid():
+        return entry.owner
+    return None
+
+
+def foreign_mount_message(mountpoint: str | Path, owner: int) -> str:
+    return f"{mountpoint} is a cowfs mount of another user (uid {owner}); only its owner can use its daemon"
+
+
 def request(mountpoint: str | Path, payload: dict, timeout: float = 120.0) -> dict:
+    owner = foreign_owner(mountpoint)
+    if owner is not None:
+        raise DaemonError(foreign_mount_message(mountpoint, owner))
     try:
         path = find_control_socket(mountpoint)
     except AddressError as exc:
@@ -67,6 +84,9 @@ def sync_mount(mountpoint: str | Path) -> None:
 def snapshot(mountpoint: str | Path, label: str = "", meta: dict | None = None, wait: bool = False,
              timeout: float = 120.0) -> dict:
     """Take a snapshot of a mount: everything written before this call is in it."""
+    owner = foreign_owner(mountpoint)
+    if owner is not None:
+        raise DaemonError(foreign_mount_message(mountpoint, owner))
     sync_mount(mountpoint)
     return request(mountpoint, {"op": "snapshot", "label": label, "meta": meta or {}, "wait": wait},
                    timeout=timeout)["snapshot"]

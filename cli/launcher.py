@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from cowfs.cli.client import DaemonError, request
+from cowfs.cli.client import DaemonError, foreign_mount_message, foreign_owner, request
 from cowfs.daemon.addresses import mounts
 from cowfs.fs.store import open_private
 
@@ -18,7 +18,9 @@ READY_TIMEOUT = 60.0
 
 def start_daemon(store: Path, branch: str, mountpoint: Path, *, allow_other: bool = False,
                  xattrs: bool = False, foreground: bool = False, debug: bool = False) -> None:
-    command = [sys.executable, "-m", "cowfs.daemon", "--store", str(store), "--branch", branch]
+    # -P: the caller's working directory (a clone of cowfs, a folder named cowfs/...) must not
+    # shadow the installed package; and the daemon lives in / so it holds no directory busy.
+    command = [sys.executable, "-P", "-m", "cowfs.daemon", "--store", str(store.absolute()), "--branch", branch]
     if allow_other:
         command.append("--allow-other")
     if xattrs:
@@ -26,13 +28,14 @@ def start_daemon(store: Path, branch: str, mountpoint: Path, *, allow_other: boo
     if debug:
         command.append("--debug")
     if foreground:
-        os.execv(sys.executable, command + ["--foreground", str(mountpoint)])
+        os.chdir("/")
+        os.execv(sys.executable, command + ["--foreground", str(mountpoint.absolute())])
     read_end, write_end = os.pipe()
     stderr_log = open(open_private(store / "logs" / "daemon-stderr.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND),
                       "ab")
     try:
-        subprocess.Popen(command + ["--ready-fd", str(write_end), str(mountpoint)], pass_fds=[write_end],
-                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        subprocess.Popen(command + ["--ready-fd", str(write_end), str(mountpoint.absolute())], pass_fds=[write_end],
+                         cwd="/", start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=stderr_log, close_fds=True)
     finally:
         os.close(write_end)
@@ -95,20 +98,10 @@ def detach_stale(mountpoint: Path) -> None:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def foreign_owner(mountpoint: Path) -> int | None:
-    """The uid serving ``mountpoint`` when it is not ours: its socket is out of our reach, so
-    failing to reach it says nothing about whether its daemon lives, and nothing of ours may
-    abort it (root included: that would fail the owner's requests and lose unflushed data)."""
-    entry = next((e for e in mounts() if e.mountpoint == str(mountpoint)), None)
-    if entry is not None and entry.owner is not None and entry.owner != os.getuid():
-        return entry.owner
-    return None
-
-
 def refuse_foreign(mountpoint: Path) -> None:
     owner = foreign_owner(mountpoint)
     if owner is not None:
-        raise DaemonError(f"{mountpoint} is a live mount of uid {owner}, not yours; it is not stale. "
+        raise DaemonError(f"{foreign_mount_message(mountpoint, owner)}; it is not stale. "
                           f"Ask its owner to run `cowfs umount {mountpoint}`")
 
 

@@ -3,6 +3,7 @@ socket) or of a store (read directly; LMDB lets many processes read while daemon
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ from cowfs.cli.output import emit_json, human_size, human_time, table
 from cowfs.daemon.addresses import cowfs_mounts
 from cowfs.fs.errors import StoreError
 from cowfs.fs.records import SnapshotRecord, format_snapshot_id
-from cowfs.fs.store import MAIN_BRANCH, NEEDS_FSCK, Store, describe
+from cowfs.fs.store import MAIN_BRANCH, NEEDS_FSCK, Store, check_branch_name, describe
 
 # Each command imports the engine modules only it needs: every `cowfs` call (and `cowfs mount`
 # most of all) pays for what is imported here before it does anything.
@@ -31,7 +32,7 @@ class Context:
     """The store a command works on: --store, else COWFS_STORE, else the mount the working
     directory is in, else the default store."""
 
-    def __init__(self, store: str | None) -> None:
+    def __init__(self, store: str | None = None) -> None:
         self.explicit = store
 
     @property
@@ -46,14 +47,61 @@ def fail(message: str) -> None:
     raise click.ClickException(message)
 
 
+def _choose_store(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """`--store` after the command name (as restic takes -r anywhere) wins over the one before."""
+    if value is not None:
+        ctx.ensure_object(Context).explicit = value
+
+
+def store_option() -> click.Option:
+    return click.Option(["--store"], expose_value=False, is_eager=True, callback=_choose_store,
+                        help="Store directory (default: $COWFS_STORE, else $XDG_DATA_HOME/cowfs/default).")
+
+
 class CowfsGroup(click.Group):
-    """Turns the errors a user can fix into one line on stderr and exit status 1."""
+    """Turns every error into one line on stderr and a non-zero exit: the ones a user can fix
+    say what to do; a bug says where to look (COWFS_DEBUG=1 shows the traceback)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.append(store_option())
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (StoreError, DaemonError) as exc:
             raise click.ClickException(str(exc)) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("cowfs: interrupted; what was already done is kept, and nothing was half-written", err=True)
+            sys.exit(130)
+        except OSError as exc:
+            if os.environ.get("COWFS_DEBUG"):
+                raise
+            raise click.ClickException(describe_os_error(exc)) from None
+        except Exception as exc:
+            if os.environ.get("COWFS_DEBUG"):
+                raise
+            raise click.ClickException(f"internal error ({type(exc).__name__}: {exc}); nothing was changed "
+                                       "after it. Run again with COWFS_DEBUG=1 for the traceback, and report it") from None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError, with what the user can do about the common ones."""
+    where = f": {exc.filename}" if exc.filename else ""
+    what = f"{exc.strerror or exc}{where}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (f"{what}. It belongs to another user or its permissions keep you out; "
+                "use your own store and mounts (`cowfs init`, then `cowfs mount ~/work`)")
+    if exc.errno == errno.EROFS:
+        return f"{what}. The store is on a read-only filesystem; only reading commands (log, diff, fsck) work there"
+    if exc.errno == errno.ENOSPC:
+        return f"{what}. The disk is full: free space (`cowfs prune` and `cowfs gc` help), then try again"
+    if exc.errno == errno.ENOTCONN:
+        return f"{what}. A cowfs mount here has lost its daemon; `cowfs umount` it, then mount it again"
+    return what
 
 
 @click.group(cls=CowfsGroup)
@@ -61,7 +109,9 @@ class CowfsGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, store: str | None) -> None:
     """cowfs: a copy-on-write, versioned workspace with cheap snapshots."""
-    ctx.obj = Context(store)
+    context = ctx.ensure_object(Context)
+    if context.explicit is None:
+        context.explicit = store
 
 
 @cli.command()
@@ -118,33 +168,54 @@ def mount(context: Context, source: str | None, mountpoint: Path | None, branch:
         source, mountpoint = None, Path(source)
     mountpoint = Path(os.path.realpath(mountpoint))
     store = context.open_store()
+    created = False
     try:
-        _check_mountpoint(mountpoint)
-        if source is not None:
-            record = store.resolve_snapshot(source)
-            chosen = store.fork(record, branch)
-            note = f" (new branch from snapshot {record.name})"
-        else:
+        # Everything that can be refused is checked before anything is made.
+        record = store.resolve_snapshot(source) if source is not None else None
+        if record is None:
             chosen = store.branch_named(branch or MAIN_BRANCH)
-            note = ""
+        elif branch is not None:
+            check_branch_name(branch)
+        created = _check_mountpoint(mountpoint)
+        if record is not None:
+            chosen = store.fork(record, branch)
+        note = f" (new branch from snapshot {record.name})" if record is not None else ""
+    except BaseException:
+        if created:
+            mountpoint.rmdir()
+        raise
     finally:
         store.close()
-    launcher.start_daemon(store.path, chosen.name, mountpoint, allow_other=allow_other, xattrs=xattrs,
-                          foreground=foreground, debug=debug)
+    try:
+        launcher.start_daemon(store.path, chosen.name, mountpoint, allow_other=allow_other, xattrs=xattrs,
+                              foreground=foreground, debug=debug)
+    except BaseException:
+        if created and not launcher.is_mounted(mountpoint):
+            mountpoint.rmdir()
+        raise
     click.echo(f"mounted branch {chosen.name} at {mountpoint}{note}")
 
 
-def _check_mountpoint(mountpoint: Path) -> None:
+def _check_mountpoint(mountpoint: Path) -> bool:
+    """Refuse a mount point cowfs cannot use; True when it was missing and is now made."""
     if launcher.is_mounted(mountpoint):
         launcher.refuse_foreign(mountpoint)
         if launcher.daemon_alive(mountpoint):
             fail(f"{mountpoint} is already mounted; `cowfs umount {mountpoint}` first")
         click.echo(f"clearing a stale mount at {mountpoint} (its daemon had died)", err=True)
         launcher.detach_stale(mountpoint)
+    if not mountpoint.exists() and not mountpoint.is_symlink():
+        if not mountpoint.parent.is_dir():
+            fail(f"cannot create mount point {mountpoint}: {mountpoint.parent} does not exist")
+        mountpoint.mkdir(mode=0o700)  # only the last component, as `git worktree add` does
+        return True
     if not mountpoint.is_dir():
-        fail(f"mount point {mountpoint} does not exist or is not a directory; create it first")
+        fail(f"mount point {mountpoint} is not a directory; give an empty directory or a new name")
     if any(mountpoint.iterdir()):
-        fail(f"mount point {mountpoint} is not empty; cowfs mounts only on an empty directory")
+        fail(f"mount point {mountpoint} is not empty; cowfs mounts only on an empty directory. To bring its "
+             f"files into a new store: `mv {mountpoint} {mountpoint}.orig && cowfs init --import "
+             f"{mountpoint}.orig && cowfs mount {mountpoint}`")
+    return False
 
 
 @cli.command()

@@ -76,6 +76,14 @@ def entry_attributes(ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
     return entry
 
 
+def missing_entry() -> pyfuse3.EntryAttributes:
+    """A lookup answer that tells the kernel to remember that the name does not exist."""
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = 0
+    entry.entry_timeout = ENTRY_TIMEOUT
+    return entry
+
+
 class CowOperations(pyfuse3.Operations):
     enable_writeback_cache = True
 
@@ -121,7 +129,15 @@ class CowOperations(pyfuse3.Operations):
     # -- lookups and attributes ---------------------------------------------------------------------
     @translate_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        ino, attrs = self.tree.lookup(parent_inode, name)
+        try:
+            ino, attrs = self.tree.lookup(parent_inode, name)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # `import` and git probe many names that do not exist; a plain ENOENT is not cached,
+            # so each probe would come back here. Every change to this branch passes through this
+            # mount's kernel, which replaces the negative entry when the name is created.
+            return missing_entry()
         return self._known(ino, attrs)
 
     @translate_errors
@@ -229,7 +245,9 @@ class CowOperations(pyfuse3.Operations):
         return written
 
     async def flush(self, fh: int) -> None:
-        return None
+        # With the writeback cache the kernel writes dirty pages back before it would send FLUSH,
+        # and cowfs has nothing more to do at close(): ENOSYS once, and no FLUSH ever again.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
         return None

@@ -34,12 +34,20 @@ def as_os_error(exc: lmdb.Error) -> OSError:
     return OSError(errno.EIO, f"store index: {text}")
 
 
+def lock_file_unwritable(path: Path) -> bool:
+    """A store on read-only media (or made read-only) can still be read: nobody can write to it
+    either, so readers need no lock table (LMDB's lock=False is safe exactly then)."""
+    lock = path / "lock.mdb"
+    return not os.access(lock if lock.exists() else path, os.W_OK)
+
+
 class Index:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         self.env = lmdb.open(str(path), map_size=INITIAL_MAP_SIZE, max_dbs=len(ALL_DBS) + 2,
                              subdir=True, sync=True, metasync=False, readahead=False, mode=0o600,
-                             readonly=readonly, lock=True, max_readers=256)
+                             readonly=readonly, lock=not (readonly and lock_file_unwritable(path)),
+                             max_readers=256)
         # The map may already be larger than our initial guess (grown by another process).
         self.env.set_mapsize(0)
         if readonly:

@@ -170,3 +170,37 @@ def store(tmp_path: Path):
         yield opened
     finally:
         opened.close()
+
+
+@pytest.fixture(scope="session")
+def ordinary_users():
+    """Two ordinary users (created for the run, removed after it) who run cowfs from an
+    environment of their own, with FUSE permissions as a standard Debian has them."""
+    if not FUSE_OK:
+        pytest.skip("creating users and mounting need root and /dev/fuse")
+    import ordinary_users as users
+
+    users.prepare_environment()
+    modes = users.standard_fuse_permissions()
+    made = [users.create_user("cowfs-ann"), users.create_user("cowfs-bob")]
+    try:
+        yield made
+    finally:
+        for user in made:
+            users.remove_user(user.name)
+        for path, mode in modes.items():
+            os.chmod(path, mode)
+
+
+@pytest.fixture
+def ann(ordinary_users):
+    ordinary_users[0].clean_up()
+    yield ordinary_users[0]
+    ordinary_users[0].clean_up()
+
+
+@pytest.fixture
+def bob(ordinary_users):
+    ordinary_users[1].clean_up()
+    yield ordinary_users[1]
+    ordinary_users[1].clean_up()

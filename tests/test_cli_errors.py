@@ -35,8 +35,11 @@ def test_unknown_snapshot(workspace):
 
 
 def test_mount_point_problems(workspace):
-    missing = workspace.root / "missing"
-    assert_fails(workspace.cli("mount", str(missing), check=False), "does not exist")
+    nowhere = workspace.root / "nowhere" / "missing"
+    assert_fails(workspace.cli("mount", str(nowhere), check=False), "does not exist")
+    assert not nowhere.parent.exists(), "only the last component is ever made"
+    assert_fails(workspace.cli("mount", "@404", str(workspace.root / "new"), check=False), "@404")
+    assert not (workspace.root / "new").exists(), "a refused mount leaves no directory behind"
     full = workspace.root / "full"
     full.mkdir()
     (full / "file").write_text("mine")
@@ -194,7 +197,7 @@ def test_another_users_live_mount_is_never_taken_for_stale(monkeypatch):
     real mountinfo line of another user's cowfs mount (no second user can run this venv's
     Python on these machines, see issue 13), with fusectl and fusermount3 made to fail the
     test if they are reached."""
-    from cowfs.cli import launcher
+    from cowfs.cli import client, launcher
     from cowfs.cli.client import DaemonError
     from cowfs.daemon import addresses
 
@@ -204,8 +207,9 @@ def test_another_users_live_mount_is_never_taken_for_stale(monkeypatch):
     entry = addresses.mounts()[0]
     assert (entry.mountpoint, entry.fstype, entry.owner) == ("/home/ann/work", "fuse.cowfs", 1000)
     monkeypatch.setattr(launcher, "mounts", lambda: [entry])
+    monkeypatch.setattr(client, "mounts", lambda: [entry])
     monkeypatch.setattr(launcher, "abort_connection", lambda *_: pytest.fail("aborted a live mount"))
     monkeypatch.setattr(launcher.subprocess, "run", lambda *a, **k: pytest.fail("ran " + " ".join(a[0])))
     for attempt in (launcher.stop_daemon, launcher.detach_stale):
-        with pytest.raises(DaemonError, match="live mount of uid 1000, not yours; it is not stale"):
+        with pytest.raises(DaemonError, match=r"another user \(uid 1000\).*it is not stale"):
             attempt(Path("/home/ann/work"))
