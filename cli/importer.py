@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cowfs.fs.errors import StoreError
+from cowfs.fs.progress import Progress, silent
 from cowfs.fs.records import SnapshotRecord
 from cowfs.fs.store import MAIN_BRANCH, ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, Tree
@@ -25,7 +26,7 @@ class ImportReport:
     snapshot: SnapshotRecord | None = None
 
 
-def import_directory(store: Store, source: Path) -> ImportReport:
+def import_directory(store: Store, source: Path, progress: Progress = silent) -> ImportReport:
     """Copy ``source`` (names as bytes, modes, owners, times, user xattrs, hard links) into the
     main branch and snapshot it. Symlinks are copied as links, never followed."""
     if not source.is_dir():
@@ -33,7 +34,7 @@ def import_directory(store: Store, source: Path) -> ImportReport:
     tree = Tree(store, store.branch_named(MAIN_BRANCH).id)
     report = ImportReport()
     seen: dict[tuple[int, int], int] = {}
-    _copy_dir(tree, os.fsencode(source), ROOT_INODE, report, seen)
+    _copy_dir(tree, os.fsencode(source), ROOT_INODE, report, seen, progress)
     tree.flush()
     report.snapshot, _ = tree.snapshot(f"import of {source}", {"kind": "import", "source": str(source)})
     tree.flush()
@@ -41,7 +42,7 @@ def import_directory(store: Store, source: Path) -> ImportReport:
     return report
 
 
-def _copy_dir(tree: Tree, path: bytes, parent: int, report: ImportReport, seen: dict) -> None:
+def _copy_dir(tree: Tree, path: bytes, parent: int, report: ImportReport, seen: dict, progress: Progress) -> None:
     with os.scandir(path) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             info = entry.stat(follow_symlinks=False)
@@ -57,10 +58,11 @@ def _copy_dir(tree: Tree, path: bytes, parent: int, report: ImportReport, seen: 
             seen[key] = ino
             if stat.S_ISDIR(info.st_mode):
                 report.directories += 1
-                _copy_dir(tree, entry.path, ino, report, seen)
+                _copy_dir(tree, entry.path, ino, report, seen, progress)
             elif stat.S_ISREG(info.st_mode):
                 report.files += 1
                 report.bytes += _copy_data(tree, entry.path, ino)
+                progress("importing files", report.files, 0)
             _copy_xattrs(tree, entry.path, ino)
             if not stat.S_ISLNK(info.st_mode):
                 tree.setattr(ino, atime_ns=info.st_atime_ns, mtime_ns=info.st_mtime_ns)

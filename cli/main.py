@@ -15,7 +15,7 @@ import click
 from cowfs.cli import launcher
 from cowfs.cli.client import DaemonError, mount_for, request, resolve_store_path
 from cowfs.cli.client import snapshot as take_snapshot
-from cowfs.cli.output import emit_json, human_size, human_time, table
+from cowfs.cli.output import emit_json, human_size, human_time, progress_on_terminal, table
 from cowfs.daemon.addresses import cowfs_mounts
 from cowfs.fs.errors import StoreError
 from cowfs.fs.records import SnapshotRecord, format_snapshot_id
@@ -135,7 +135,8 @@ def init(context: Context, source: Path | None) -> None:
     try:
         click.echo(f"created store {path}")
         if source is not None:
-            report = import_directory(store, source.absolute())
+            with progress_on_terminal() as progress:
+                report = import_directory(store, source.absolute(), progress)
             click.echo(f"imported {report.files} files, {report.directories} directories and {report.links} "
                        f"hard links ({human_size(report.bytes)}) from {source} as snapshot {report.snapshot.name}")
     finally:
@@ -445,7 +446,8 @@ def fsck(context: Context, repair: bool, as_json: bool) -> None:
 
     store = context.open_store(readonly=not repair)
     try:
-        report = fsck_check(store, repair=repair)
+        with progress_on_terminal(as_json) as progress:
+            report = fsck_check(store, repair=repair, progress=progress)
         if repair and report.clean:
             (store.path / NEEDS_FSCK).unlink(missing_ok=True)
     finally:
@@ -529,7 +531,9 @@ def prune(context: Context, keep_last: int, keep_within: str | None, keep_hourly
         snapshots = store.snapshots()
         keep, remove = plan_prune(snapshots, policy, time.time(), set(protected(store, snapshots)))
         if not dry_run and remove:
-            remove_snapshots(store, remove)
+            with progress_on_terminal(as_json) as progress:
+                progress(f"removing {len(remove)} snapshots", 0, len(remove))
+                remove_snapshots(store, remove)
     finally:
         store.close()
     if as_json:
@@ -556,7 +560,8 @@ def gc(context: Context, as_json: bool) -> None:
             pass
     store = Store.open(path)
     try:
-        report = collect_garbage(store)
+        with progress_on_terminal(as_json) as progress:
+            report = collect_garbage(store, progress)
     finally:
         store.close()
     if as_json:

@@ -26,6 +26,7 @@ from cowfs.fs.errors import CorruptChunkError
 from cowfs.fs.keys import (DB_BLOCKS, DB_CHUNKS, DB_META, DB_RECENT_REFS, EPOCH_BYTES, U32, U64,
                            VERSIONED_DBS, epoch_of)
 from cowfs.fs.packs import pack_in_use
+from cowfs.fs.progress import Progress, silent
 from cowfs.fs.records import ChunkLocation
 from cowfs.fs.store import Store
 
@@ -148,7 +149,7 @@ def collect_chunks(store: Store) -> int:
         store.index.write(close_round)
 
 
-def rewrite_packs(store: Store, report: GcReport) -> None:
+def rewrite_packs(store: Store, report: GcReport, progress: Progress = silent) -> None:
     store.close_pack()  # our own pack too may be rewritten; moved chunks go to a fresh one
     # Which packs are finished must be known before which chunks they hold: a daemon indexes
     # a batch's chunks and only then closes (unlocks) the pack. Reading the index first would
@@ -160,7 +161,8 @@ def rewrite_packs(store: Store, report: GcReport) -> None:
         for digest, raw in txn.cursor(db=chunks):
             location = ChunkLocation.decode(raw)
             live[location.pack].append((digest, location))
-    for path in finished:
+    for done, path in enumerate(finished):
+        progress("rewriting packs", done, len(finished))
         pack_id = int(path.stem)
         entries = live.get(pack_id, [])
         live_bytes = sum(loc.stored_len for _, loc in entries)
@@ -201,11 +203,13 @@ def _move_chunks(store: Store, entries: list[tuple[bytes, ChunkLocation]], repor
     return True
 
 
-def collect_garbage(store: Store) -> GcReport:
+def collect_garbage(store: Store, progress: Progress = silent) -> GcReport:
     report = GcReport(bytes_before=store_bytes(store))
+    progress("collecting old record versions", 0, 0)
     report.versions_removed = collect_versions(store)
+    progress("collecting unreferenced chunks", 0, 0)
     report.chunks_removed = collect_chunks(store)
-    rewrite_packs(store, report)
+    rewrite_packs(store, report, progress)
     store.sync()
     report.bytes_after = store_bytes(store)
     return report

@@ -79,7 +79,7 @@ class PackWriter:
             return self._append(chunk)
 
     def _append(self, chunk: SealedChunk) -> ChunkLocation:
-        header = HEADER.pack(MAGIC, chunk.digest, chunk.raw_len, len(chunk.payload))
+        header = record_header(chunk.digest, chunk.raw_len, len(chunk.payload))
         try:
             written = os.writev(self._fd, [header, chunk.payload])
         except OSError:
@@ -109,6 +109,21 @@ class PackWriter:
         os.close(self._fd)
 
 
+def record_header(digest: bytes, raw_len: int, stored_len: int) -> bytes:
+    return HEADER.pack(MAGIC, digest, raw_len, stored_len)
+
+
+def rewrite_header(directory: Path, location: ChunkLocation, header: bytes) -> None:
+    """fsck --repair only: put back a record header from what the index and the (verified)
+    payload prove it was. The payload and every other byte of the pack stay as they are."""
+    fd = os.open(pack_path(directory, location.pack), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, header, location.offset - HEADER.size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class PackReader:
     """Reads payloads by location, keeping one descriptor per pack open."""
 
@@ -122,18 +137,25 @@ class PackReader:
         if fd is not None:
             os.close(fd)
 
+    def header(self, location: ChunkLocation) -> bytes:
+        """The record header in front of a payload (what rebuilding or repairing goes by)."""
+        return os.pread(self._fd(location.pack), HEADER.size, location.offset - HEADER.size)
+
     def read(self, location: ChunkLocation) -> bytes:
-        fd = self._fds.get(location.pack)
-        if fd is None:
-            try:
-                fd = os.open(pack_path(self._directory, location.pack), os.O_RDONLY)
-            except FileNotFoundError as exc:
-                raise PackMissingError(f"pack {location.pack} is missing from the store") from exc
-            self._fds[location.pack] = fd
-        payload = os.pread(fd, location.stored_len, location.offset)
+        payload = os.pread(self._fd(location.pack), location.stored_len, location.offset)
         if len(payload) != location.stored_len:
             raise CorruptChunkError(f"pack {location.pack} is shorter than the index says")
         return payload
+
+    def _fd(self, pack_id: int) -> int:
+        fd = self._fds.get(pack_id)
+        if fd is None:
+            try:
+                fd = os.open(pack_path(self._directory, pack_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                raise PackMissingError(f"pack {pack_id} is missing from the store") from exc
+            self._fds[pack_id] = fd
+        return fd
 
     def drop_missing(self) -> None:
         """Close descriptors of packs that gc deleted, so their disk space really comes back."""

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-packages=(fuse3 libfuse3-dev pkg-config git sqlite3 gcc python3-dev fio stress-ng)
+packages=(fuse3 libfuse3-dev pkg-config git sqlite3 gcc python3-dev python3-venv fio stress-ng)
 python_ok=true
 python3 -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null || python_ok=false
 if [ "$python_ok" = false ]; then packages+=(python3 python3-venv python3-dev); fi

@@ -6,9 +6,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,85 @@ def test_another_users_live_mount_is_never_taken_for_stale(monkeypatch):
     for attempt in (launcher.stop_daemon, launcher.detach_stale):
         with pytest.raises(DaemonError, match=r"another user \(uid 1000\).*it is not stale"):
             attempt(Path("/home/ann/work"))
+
+
+def run_on_terminal(*args: str, store: Path) -> str:
+    """Run a cowfs command with its stdout and stderr on a pseudo-terminal; return what it drew."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "COWFS_STORE": str(store)}
+    process = subprocess.Popen([sys.executable, "-m", "cowfs.cli.main", *args], stdout=terminal,
+                               stderr=terminal, stdin=subprocess.DEVNULL, env=env)
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the command exited and closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    assert process.wait(timeout=120) == 0, drawn
+    return drawn.decode(errors="replace")
+
+
+def test_long_work_shows_progress_on_a_terminal_only(tmp_path):
+    """Issue 13: import, fsck and gc printed nothing until the end."""
+    source = tmp_path / "big"
+    for d in range(20):
+        (source / f"d{d}").mkdir(parents=True)
+        for f in range(50):
+            (source / f"d{d}" / f"f{f}").write_bytes(os.urandom(2000))
+    store = tmp_path / "store"
+    drawn = run_on_terminal("init", "--import", str(source), store=store)
+    assert "importing files:" in drawn and "imported 1000 files" in drawn
+    assert "checking chunks:" in run_on_terminal("fsck", store=store)
+    assert "collecting" in run_on_terminal("gc", store=store)
+    quiet = run_cli("fsck", store=store)
+    assert "checking" not in quiet.stdout + quiet.stderr, "no progress into pipes and files"
+    assert "checking" not in run_on_terminal("fsck", "--json", store=store)
+
+
+def test_damaged_stores_odd_names_and_interruptions_are_one_line(workspace, tmp_path):
+    """Issue 13: no traceback ever reaches a user, and nothing is lost."""
+    mnt = workspace.mount()
+    odd = os.fsdecode(b"caf\xe9-\xff.csv")  # Latin-1 bytes: not UTF-8
+    Path(mnt, odd).write_bytes(b"x" * 100)
+    workspace.snap(mnt, "odd names")
+    Path(mnt, odd).write_bytes(b"y" * 200)
+    workspace.snap(mnt, "changed")
+    for args in (["diff", "@1", "@2"], ["blame", str(Path(mnt, odd))], ["log", "--cells"], ["status"],
+                 ["snap", "-m", odd, str(mnt)]):
+        result = subprocess.run([sys.executable, "-m", "cowfs.cli.main", *args], capture_output=True,
+                                env={**os.environ, "COWFS_STORE": str(workspace.store)})
+        assert result.returncode == 0 and b"Traceback" not in result.stderr, (args, result.stderr)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(workspace.store, broken, ignore=shutil.ignore_patterns("*.sock"))
+    data = broken / "index.lmdb" / "data.mdb"
+    with open(data, "r+b") as handle:
+        handle.write(os.urandom(8192))  # both meta pages gone
+    for args in (["log"], ["fsck"], ["mount", str(tmp_path / "m")], ["gc"]):
+        result = run_cli(*args, store=broken, check=False)
+        assert_fails(result, "not a usable cowfs store")
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    data.unlink()
+    assert_fails(run_cli("log", store=broken, check=False), "not a cowfs store")
+
+    source = tmp_path / "many"
+    for d in range(40):
+        (source / f"d{d}").mkdir(parents=True)
+        for f in range(100):
+            (source / f"d{d}" / f"f{f}").write_bytes(os.urandom(3000))
+    process = subprocess.Popen([sys.executable, "-m", "cowfs.cli.main", "init", "--import", str(source)],
+                               env={**os.environ, "COWFS_STORE": str(tmp_path / "interrupted")},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("created store")  # the import starts now
+    time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert "no damage" in run_cli("fsck", store=tmp_path / "interrupted").stdout
