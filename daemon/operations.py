@@ -29,6 +29,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 # Only this daemon changes this tree, so the kernel may trust what it was told for long.
 ENTRY_TIMEOUT = 300.0
 ATTR_TIMEOUT = 300.0
+DIRECTORY_SIZE = 4096
 
 
 def translate_errors(handler: F) -> F:
@@ -67,9 +68,9 @@ def entry_attributes(ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
     entry.st_uid = attrs.uid
     entry.st_gid = attrs.gid
     entry.st_rdev = attrs.rdev
-    entry.st_size = attrs.size
+    entry.st_size = DIRECTORY_SIZE if attrs.is_dir else attrs.size  # as ext4 shows a small directory
     entry.st_blksize = BLOCK_SIZE
-    entry.st_blocks = -(-attrs.size // 512)
+    entry.st_blocks = -(-entry.st_size // 512)
     entry.st_atime_ns = attrs.atime_ns
     entry.st_mtime_ns = attrs.mtime_ns
     entry.st_ctime_ns = attrs.ctime_ns
@@ -90,6 +91,7 @@ class CowOperations(pyfuse3.Operations):
     def __init__(self, tree: Tree, flusher: Flusher, *, xattrs: bool = False) -> None:
         super().__init__()
         self.tree = tree
+        tree.kernel_stamps_writes = self.enable_writeback_cache
         self.flusher = flusher
         # Serving getxattr at all costs a round trip per write() call: the kernel asks for
         # security.capability before each one (FUSE never marks inodes S_NOSEC). Answering
@@ -97,7 +99,10 @@ class CowOperations(pyfuse3.Operations):
         self.xattrs = xattrs
         self.lookups: Counter[int] = Counter()
         self.nameless: set[int] = set()  # no names left, still held by the kernel (open files)
-        self._open_dirs: dict[int, tuple[int, DirListing]] = {}
+        self._open_dirs: dict[int, tuple[int, DirListing | None]] = {}
+        # The parent of each directory the kernel holds, for the ".." a listing shows. The
+        # engine keeps no parent links (a directory has one name, and the kernel found it).
+        self.parents: dict[int, int] = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}
         self._next_dir_handle = 1
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -111,9 +116,11 @@ class CowOperations(pyfuse3.Operations):
         shown = path.decode(errors="replace") if path else f"inode {ino}"
         return f" of {shown} on branch {self.tree.branch_id} (epoch {self.tree.head})"
 
-    def _known(self, ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
+    def _known(self, ino: int, attrs: InodeAttrs, parent: int) -> pyfuse3.EntryAttributes:
         """Reply with an entry the kernel will now hold a reference to."""
         self.lookups[ino] += 1
+        if attrs.is_dir:
+            self.parents[ino] = parent
         return entry_attributes(ino, attrs)
 
     def _lost_a_name(self, ino: int, attrs: InodeAttrs) -> None:
@@ -138,7 +145,7 @@ class CowOperations(pyfuse3.Operations):
             # so each probe would come back here. Every change to this branch passes through this
             # mount's kernel, which replaces the negative entry when the name is created.
             return missing_entry()
-        return self._known(ino, attrs)
+        return self._known(ino, attrs, parent_inode)
 
     @translate_errors
     async def forget(self, inode_list) -> None:
@@ -146,6 +153,8 @@ class CowOperations(pyfuse3.Operations):
             self.lookups[ino] -= count
             if self.lookups[ino] <= 0:
                 del self.lookups[ino]
+                if ino != pyfuse3.ROOT_INODE:
+                    self.parents.pop(ino, None)
                 if ino in self.nameless:  # forgetting any other inode needs no look at the store
                     self.nameless.discard(ino)
                     self.tree.delete_inode(ino)
@@ -177,7 +186,7 @@ class CowOperations(pyfuse3.Operations):
     async def _create(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
                       rdev: int = 0, target: bytes = b"") -> tuple[int, pyfuse3.EntryAttributes]:
         ino, attrs = self.tree.create(parent, name, mode, ctx.uid, ctx.gid, rdev, target)
-        return ino, self._known(ino, attrs)
+        return ino, self._known(ino, attrs, parent)
 
     @translate_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -203,7 +212,7 @@ class CowOperations(pyfuse3.Operations):
     @translate_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._known(inode, self.tree.link(inode, new_parent_inode, new_name))
+        return self._known(inode, self.tree.link(inode, new_parent_inode, new_name), new_parent_inode)
 
     @translate_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -219,6 +228,14 @@ class CowOperations(pyfuse3.Operations):
         replaced = self.tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         if replaced is not None:
             self._lost_a_name(*replaced)
+        if parent_inode_old != parent_inode_new:  # a directory moved elsewhere has a new ".."
+            for parent, name in ((parent_inode_new, name_new), (parent_inode_old, name_old)):
+                try:
+                    moved, attrs = self.tree.lookup(parent, name)
+                except FsError:
+                    continue  # the old name is gone unless the two were exchanged
+                if attrs.is_dir and moved in self.parents:
+                    self.parents[moved] = parent
 
     # -- file data -----------------------------------------------------------------------------------
     @translate_errors
@@ -263,26 +280,34 @@ class CowOperations(pyfuse3.Operations):
             raise FsError(errno.ENOTDIR)
         handle = self._next_dir_handle
         self._next_dir_handle += 1
-        self._open_dirs[handle] = (inode, DirListing(()))
+        self._open_dirs[handle] = (inode, None)
         return handle
 
     @translate_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         # The listing is taken when reading starts (and again on rewind), so entries that stay
-        # are seen exactly once while others come and go (POSIX leaves those two open).
+        # are seen exactly once while others come and go (POSIX leaves those two open). A new
+        # descriptor may start anywhere: NFS re-export opens afresh and seeks to a cookie.
+        # Cookies are positions in the (name-ordered) listing, "." and ".." first.
         inode, listing = self._open_dirs[fh]
-        if start_id == 0:
+        if start_id == 0 or listing is None:
             listing = self.tree.listing(inode)
             self._open_dirs[fh] = (inode, listing)
-        for position in range(start_id, len(listing)):
-            name, child = listing[position]
+        for position in range(start_id, len(listing) + 2):
+            if position < 2:
+                name, child = b"." * (position + 1), inode if position == 0 else self.parents.get(inode, inode)
+            else:
+                name, child = listing[position - 2]
             try:
                 attrs = self.tree.getattr(child)
             except OSError:
                 continue  # removed since the listing was taken
             if not pyfuse3.readdir_reply(token, name, entry_attributes(child, attrs), position + 1):
                 return
-            self.lookups[child] += 1
+            if position >= 2:  # the kernel takes no reference for "." and ".."
+                self.lookups[child] += 1
+                if attrs.is_dir:
+                    self.parents[child] = inode
 
     async def releasedir(self, fh: int) -> None:
         self._open_dirs.pop(fh, None)

@@ -39,6 +39,8 @@ BLOCK_SIZE = 128 * 1024
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+# As ext4 with 4 KiB blocks: a size beyond it is a mistake (truncate(2**62)), not a file.
+MAX_FILE_SIZE = 16 * 2**40
 BlockKey = tuple[int, int]
 
 
@@ -107,8 +109,14 @@ class _Unknown:
 UNKNOWN = _Unknown()
 
 
+CLOCK_REALTIME_COARSE = 5  # Linux's clock id; Python's time module does not name it
+
+
 def _now() -> int:
-    return time.time_ns()
+    """The kernel's clock for file times: with the writeback cache it stamps writes and
+    utime(UTIME_NOW) itself, with the coarse clock. A finer clock here would give a file created
+    by the daemon a later time than the kernel's "now" a moment after (times going backwards)."""
+    return time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
 
 
 def _check_name(name: bytes) -> None:
@@ -123,6 +131,10 @@ class Tree:
         self.store = store
         self.branch_id = branch_id
         self.readonly = epoch is not None or store.readonly
+        # Under FUSE's writeback cache the kernel owns a file's mtime and ctime across writes
+        # (what stat shows) and hands them over with a setattr; stamping the late-arriving data
+        # here would record other times than the user saw.
+        self.kernel_stamps_writes = False
         with store.index.reading() as txn:
             self.view = store.view(txn, branch_id, epoch)
         self.dirty_blocks: dict[BlockKey, bytearray | None] = {}
@@ -291,10 +303,13 @@ class Tree:
         ino = self._new_inode()
         now = _now()
         is_dir = stat.S_ISDIR(mode)
-        attrs = InodeAttrs(mode, uid, gid, 2 if is_dir else 1, len(target), now, now, now, rdev, target)
 
         with self.store.index.reading() as txn:
-            self._dir_attrs(txn, parent)
+            parent_attrs = self._dir_attrs(txn, parent)
+            if parent_attrs.mode & stat.S_ISGID:  # a shared project directory: its group carries on
+                gid = parent_attrs.gid
+                mode |= stat.S_ISGID if is_dir else 0
+            attrs = InodeAttrs(mode, uid, gid, 2 if is_dir else 1, len(target), now, now, now, rdev, target)
             if self._entry(txn, parent, name) is not None:
                 raise FsError(errno.EEXIST)
             self._set_attrs(ino, attrs)
@@ -354,6 +369,8 @@ class Tree:
         """Move a name; returns the inode it replaced (with its attributes after), if any."""
         self._writable()
         _check_name(new_name)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise FsError(errno.EINVAL)  # RENAME_WHITEOUT: overlay filesystems' business
 
         with self.store.index.reading() as txn:
             self._dir_attrs(txn, old_parent)
@@ -452,6 +469,8 @@ class Tree:
             if mtime_ns is not None:
                 changes["mtime_ns"] = mtime_ns
             if size is not None and size != attrs.size:
+                if size > MAX_FILE_SIZE:
+                    raise FsError(errno.EFBIG)
                 if not attrs.is_reg:
                     raise FsError(errno.EISDIR if attrs.is_dir else errno.EINVAL)
                 self._truncate(txn, ino, attrs.size, size)
@@ -559,6 +578,8 @@ class Tree:
             if not attrs.is_reg:
                 raise FsError(errno.EISDIR if attrs.is_dir else errno.EINVAL)
             pos, end = offset, offset + len(data)
+            if end > MAX_FILE_SIZE:
+                raise FsError(errno.EFBIG)
             while pos < end:
                 index, lo = divmod(pos, BLOCK_SIZE)
                 count = min(BLOCK_SIZE - lo, end - pos)
@@ -569,8 +590,11 @@ class Tree:
                 buf[lo:lo + count] = view[pos - offset:pos - offset + count]
                 self.dirty_bytes += len(buf) - before
                 pos += count
-        now = _now()
-        self.dirty_attrs[ino] = attrs.changed(size=max(attrs.size, end), mtime_ns=now, ctime_ns=now)
+        if self.kernel_stamps_writes:
+            self.dirty_attrs[ino] = attrs.changed(size=max(attrs.size, end))
+        else:
+            now = _now()
+            self.dirty_attrs[ino] = attrs.changed(size=max(attrs.size, end), mtime_ns=now, ctime_ns=now)
         self.changed_inodes.add(ino)
         return len(data)
 

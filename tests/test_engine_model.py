@@ -1,7 +1,9 @@
 """Random operation sequences against a plain in-memory model, across snapshots and branches.
 
 Files live in the root and in one subdirectory that comes and goes (``rm -rf`` included), so
-directory entries are exercised with batches in flight as much as file data is."""
+directory entries are exercised with batches in flight as much as file data is. Modification
+times are modelled as under the daemon: the kernel owns them across writes and hands them over
+(a setattr); what the user saw live is what a snapshot and a reopened store must show."""
 
 from __future__ import annotations
 
@@ -34,15 +36,22 @@ class WorkspaceModel(RuleBasedStateMachine):
         super().__init__()
         self._dir = tempfile.TemporaryDirectory()
         self.store = Store.init(Path(self._dir.name) / "store")
-        self.tree = Tree(self.store, 1)
+        self.tree = self._open(1)
         self.model: dict[bytes, bytearray] = {}  # b"name" or b"sub/name" -> contents
+        self.times: dict[bytes, int] = {}  # the same paths -> the mtime the user saw
         self.has_subdir = False
-        self.frozen: list[tuple[object, dict[bytes, bytes]]] = []
+        self.frozen: list[tuple[object, dict[bytes, bytes], dict[bytes, int]]] = []
+
+    def _open(self, branch_id: int) -> Tree:
+        tree = Tree(self.store, branch_id)
+        tree.kernel_stamps_writes = True  # as the daemon runs it
+        return tree
 
     def teardown(self) -> None:
         self.tree.flush()
-        for record, expected in self.frozen:
+        for record, expected, times in self.frozen:
             assert self._contents(Tree.at_snapshot(self.store, record)) == expected
+            assert self._times(Tree.at_snapshot(self.store, record)) == times
         self.store.close()
         self._dir.cleanup()
 
@@ -66,6 +75,16 @@ class WorkspaceModel(RuleBasedStateMachine):
                 found[prefix + name] = tree.read(ino, 0, attrs.size)
         return found
 
+    def _times(self, tree: Tree, directory: int = ROOT_INODE, prefix: bytes = b"") -> dict[bytes, int]:
+        found = {}
+        for name, ino in tree.listdir(directory):
+            attrs = tree.getattr(ino)
+            if attrs.is_dir:
+                found.update(self._times(tree, ino, prefix + name + b"/"))
+            else:
+                found[prefix + name] = attrs.mtime_ns
+        return found
+
     def _expected(self) -> dict[bytes, bytes]:
         return {k: bytes(v) for k, v in self.model.items()} | ({SUBDIR: DIRECTORY} if self.has_subdir else {})
 
@@ -74,12 +93,14 @@ class WorkspaceModel(RuleBasedStateMachine):
         if attrs.nlink == 0:
             self.tree.delete_inode(ino)
         del self.model[path]
+        del self.times[path]
 
     @rule(name=NAMES, offset=OFFSETS, data=DATA)
     def write(self, name: bytes, offset: int, data: bytes) -> None:
         if name not in self.model:
-            self.tree.create(ROOT_INODE, name, stat.S_IFREG | 0o644, 0, 0)
+            _, attrs = self.tree.create(ROOT_INODE, name, stat.S_IFREG | 0o644, 0, 0)
             self.model[name] = bytearray()
+            self.times[name] = attrs.mtime_ns
         buf = self.model[name]
         if len(buf) < offset:
             buf.extend(bytes(offset - len(buf)))
@@ -87,10 +108,19 @@ class WorkspaceModel(RuleBasedStateMachine):
         self.tree.write(self._ino(name), offset, data)
 
     @precondition(lambda self: self.model)
-    @rule(data=st.data(), size=st.integers(0, 3 * BLOCK_SIZE))
-    def truncate(self, data, size: int) -> None:
+    @rule(data=st.data(), mtime=st.integers(1, 2**62))
+    def kernel_hands_over_times(self, data, mtime: int) -> None:
+        """The kernel's times after writes (at close, fsync or sync), or a utime()."""
         name = data.draw(st.sampled_from(sorted(self.model)))
-        self.tree.setattr(self._ino(name), size=size)
+        self.tree.setattr(self._ino(name), mtime_ns=mtime, ctime_ns=mtime)
+        self.times[name] = mtime
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), size=st.integers(0, 3 * BLOCK_SIZE), mtime=st.integers(1, 2**62))
+    def truncate(self, data, size: int, mtime: int) -> None:
+        name = data.draw(st.sampled_from(sorted(self.model)))
+        self.tree.setattr(self._ino(name), size=size, mtime_ns=mtime)  # the kernel sends its time along
+        self.times[name] = mtime
         buf = self.model[name]
         if size < len(buf):
             del buf[size:]
@@ -113,6 +143,7 @@ class WorkspaceModel(RuleBasedStateMachine):
             self.tree.delete_inode(replaced[0])
         if old != new:
             self.model[new] = self.model.pop(old)
+            self.times[new] = self.times.pop(old)
 
     @precondition(lambda self: not self.has_subdir)
     @rule()
@@ -140,8 +171,14 @@ class WorkspaceModel(RuleBasedStateMachine):
     @rule(target=snapshots)
     def snapshot(self):
         record, _ = self.tree.snapshot()
-        self.frozen.append((record, self._expected()))
+        self.frozen.append((record, self._expected(), dict(self.times)))
         return record
+
+    @rule()
+    def remount(self) -> None:
+        """The daemon stops (everything flushed) and a new one opens the branch."""
+        self.tree.flush()
+        self.tree = self._open(self.tree.branch_id)
 
     @rule()
     def commit_oldest_batch(self) -> None:
@@ -155,14 +192,16 @@ class WorkspaceModel(RuleBasedStateMachine):
     @rule(record=snapshots)
     def switch_to_branch_of(self, record) -> None:
         self.tree.flush()
-        expected = dict(next(frozen for rec, frozen in self.frozen if rec is record))
-        self.tree = Tree(self.store, self.store.fork(record).id)
+        expected, times = next((dict(frozen), dict(times)) for rec, frozen, times in self.frozen if rec is record)
+        self.tree = self._open(self.store.fork(record).id)
         self.has_subdir = expected.pop(SUBDIR, None) == DIRECTORY
         self.model = {k: bytearray(v) for k, v in expected.items()}
+        self.times = times
 
     @invariant()
     def live_tree_matches_model(self) -> None:
         assert self._contents(self.tree) == self._expected()
+        assert self._times(self.tree) == self.times
 
 
 WorkspaceModel.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
