@@ -44,7 +44,8 @@ def test_stress_ng_filesystem_stressors(places, kind):
     assert not re.search(r"\bfail(ed)?\b", output.replace("0 failed", "")), output
 
 
-STDLIB_TESTS = ["test_shutil", "test_glob", "test_tempfile", "test_fileinput", "test_zipfile"]
+STDLIB_TESTS = ["test_shutil", "test_glob", "test_tempfile", "test_fileinput", "test_zipfile", "test_pathlib",
+                "test_tarfile"]
 
 
 def run_stdlib_tests(directory) -> tuple[int, str]:
