@@ -30,6 +30,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 ENTRY_TIMEOUT = 300.0
 ATTR_TIMEOUT = 300.0
 DIRECTORY_SIZE = 4096
+SPARSE_CHECK_MIN = 1 << 20  # smaller files are reported dense: their st_blocks costs no scan
 
 
 def translate_errors(handler: F) -> F:
@@ -57,7 +58,9 @@ def translate_errors(handler: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
-def entry_attributes(ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
+def entry_attributes(ino: int, attrs: InodeAttrs, stored_blocks: int | None = None) -> pyfuse3.EntryAttributes:
+    """The kernel's view of an inode; ``stored_blocks`` (of a sparse-capable large file) makes
+    ``st_blocks`` count only the blocks that hold data."""
     entry = pyfuse3.EntryAttributes()
     entry.st_ino = ino
     entry.generation = 0
@@ -71,6 +74,8 @@ def entry_attributes(ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
     entry.st_size = DIRECTORY_SIZE if attrs.is_dir else attrs.size  # as ext4 shows a small directory
     entry.st_blksize = BLOCK_SIZE
     entry.st_blocks = -(-entry.st_size // 512)
+    if stored_blocks is not None:
+        entry.st_blocks = min(entry.st_blocks, stored_blocks * (BLOCK_SIZE // 512))
     entry.st_atime_ns = attrs.atime_ns
     entry.st_mtime_ns = attrs.mtime_ns
     entry.st_ctime_ns = attrs.ctime_ns
@@ -103,6 +108,7 @@ class CowOperations(pyfuse3.Operations):
         # The parent of each directory the kernel holds, for the ".." a listing shows. The
         # engine keeps no parent links (a directory has one name, and the kernel found it).
         self.parents: dict[int, int] = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}
+        self._stored_blocks: dict[int, int] = {}  # of large files, until their data changes
         self._next_dir_handle = 1
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -116,12 +122,20 @@ class CowOperations(pyfuse3.Operations):
         shown = path.decode(errors="replace") if path else f"inode {ino}"
         return f" of {shown} on branch {self.tree.branch_id} (epoch {self.tree.head})"
 
+    def _attributes(self, ino: int, attrs: InodeAttrs) -> pyfuse3.EntryAttributes:
+        stored = None
+        if attrs.is_reg and attrs.size > SPARSE_CHECK_MIN:
+            stored = self._stored_blocks.get(ino)
+            if stored is None:
+                stored = self._stored_blocks[ino] = self.tree.stored_blocks(ino)
+        return entry_attributes(ino, attrs, stored)
+
     def _known(self, ino: int, attrs: InodeAttrs, parent: int) -> pyfuse3.EntryAttributes:
         """Reply with an entry the kernel will now hold a reference to."""
         self.lookups[ino] += 1
         if attrs.is_dir:
             self.parents[ino] = parent
-        return entry_attributes(ino, attrs)
+        return self._attributes(ino, attrs)
 
     def _lost_a_name(self, ino: int, attrs: InodeAttrs) -> None:
         """An inode with no names and no kernel references is gone for good (its history stays);
@@ -153,6 +167,7 @@ class CowOperations(pyfuse3.Operations):
             self.lookups[ino] -= count
             if self.lookups[ino] <= 0:
                 del self.lookups[ino]
+                self._stored_blocks.pop(ino, None)
                 if ino != pyfuse3.ROOT_INODE:
                     self.parents.pop(ino, None)
                 if ino in self.nameless:  # forgetting any other inode needs no look at the store
@@ -161,7 +176,7 @@ class CowOperations(pyfuse3.Operations):
 
     @translate_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
-        return entry_attributes(inode, self.tree.getattr(inode))
+        return self._attributes(inode, self.tree.getattr(inode))
 
     @translate_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -176,7 +191,8 @@ class CowOperations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
         )
-        return entry_attributes(inode, attrs)
+        self._stored_blocks.pop(inode, None)
+        return self._attributes(inode, attrs)
 
     @translate_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -248,6 +264,7 @@ class CowOperations(pyfuse3.Operations):
         if flags & os.O_TRUNC and attrs.size:
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do, here.
             self.tree.setattr(inode, size=0)
+            self._stored_blocks.pop(inode, None)
         # Nothing but this daemon changes the tree, so cached pages stay valid across opens.
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
@@ -257,6 +274,7 @@ class CowOperations(pyfuse3.Operations):
 
     @translate_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self._stored_blocks.pop(fh, None)
         written = self.tree.write(fh, off, buf)
         await self.flusher.throttle()
         return written
@@ -302,7 +320,7 @@ class CowOperations(pyfuse3.Operations):
                 attrs = self.tree.getattr(child)
             except OSError:
                 continue  # removed since the listing was taken
-            if not pyfuse3.readdir_reply(token, name, entry_attributes(child, attrs), position + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attributes(child, attrs), position + 1):
                 return
             if position >= 2:  # the kernel takes no reference for "." and ".."
                 self.lookups[child] += 1

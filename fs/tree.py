@@ -194,6 +194,22 @@ class Tree:
         with self.store.index.reading() as txn:
             return self._attrs(txn, ino)
 
+    def stored_blocks(self, ino: int) -> int:
+        """How many of a file's blocks hold data (holes, all-zero blocks included, do not): what
+        ``st_blocks`` and so ``du``, ``cp --sparse`` and ``tar -S`` go by. Costs a scan of the
+        file's block map, so callers ask only for large files and remember the answer."""
+        with self.store.index.reading() as txn:
+            present = {U64.unpack(name)[0] for name, _ in versions.iter_scan(txn, self._db_blocks, self.view, ino)}
+        for layer in [batch.blocks for batch in self.inflight] + [self.dirty_blocks]:
+            for (owner, index), block in layer.items():
+                if owner != ino:
+                    continue
+                if block is None:
+                    present.discard(index)
+                else:
+                    present.add(index)
+        return len(present)
+
     @property
     def has_dirty(self) -> bool:
         return bool(self.dirty_blocks or self.dirty_attrs or self.dirty_entries or self.dirty_orphans)

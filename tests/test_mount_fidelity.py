@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,8 +141,35 @@ def test_files_larger_than_the_maximum_are_efbig(places):
         os.truncate(path, 2**62)
     assert raised.value.errno == errno.EFBIG
     assert path.stat().st_size == 1
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"beyond", 2**45)  # the page cache takes it (FUSE cannot set s_maxbytes)...
+        with pytest.raises(OSError) as raised:
+            os.fsync(fd)  # ...and the hand-over says so
+        assert raised.value.errno == errno.EFBIG
+    finally:
+        os.close(fd)
 
 
 def test_directories_have_a_size(places):
     for kind, root in places.items():
         assert (root / ".").stat().st_size > 0, kind
+
+
+def test_sparse_files_look_sparse(places):
+    """du, cp --sparse=auto, tar -S and rsync -S go by st_blocks."""
+    blocks = {}
+    for kind, root in places.items():
+        path = root / "sparse"
+        with open(path, "wb") as handle:
+            handle.seek(5 * 2**30)
+            handle.write(os.urandom(4096))
+        dense = root / "dense"
+        dense.write_bytes(os.urandom(3 << 20))
+        blocks[kind] = (path.stat().st_blocks * 512, dense.stat().st_blocks * 512)
+        copy = root / "copy"
+        subprocess.run(["cp", "--sparse=auto", str(path), str(copy)], check=True)
+        assert copy.stat().st_blocks * 512 <= 256 * 1024, (kind, copy.stat().st_blocks)
+    for kind, (sparse, dense) in blocks.items():
+        assert sparse <= 256 * 1024, (kind, sparse)  # ext4: 4 KiB (or 8); cowfs: one 128 KiB block
+        assert dense >= 3 << 20, (kind, dense)
