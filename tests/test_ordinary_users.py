@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -295,3 +296,30 @@ def test_the_daemon_refuses_another_users_client_even_when_its_socket_is_reachab
     assert ann.own_mounts() == [str(work)]
     assert ok(ann.cowfs("status", "--json"))
     ok(ann.cowfs("umount", str(work)))
+
+
+def test_everyday_tools_as_an_ordinary_user(ann):
+    """tar, git and sqlite in the workspace, then the snapshot holds the same tree."""
+    ok(ann.cowfs("init"))
+    work, back = ann.home / "work", ann.home / "back"
+    ok(ann.cowfs("mount", str(work)))
+    stdlib = Path(os.__file__).parent
+    tarball = ann.home / "src.tar"
+    subprocess.run(["tar", "cf", str(tarball), "-C", str(stdlib), "json", "email", "logging"], check=True)
+    tarball.chmod(0o644)
+    script = f"""
+        set -e
+        mkdir {work}/src && tar xf {tarball} -C {work}/src
+        cd {work}/src && git init -q && git add -A && git -c user.email=a@b -c user.name=ann commit -qm one
+        git -c user.email=a@b -c user.name=ann mv json json2 && git -c user.email=a@b -c user.name=ann commit -qm two
+        git fsck --no-progress 2>&1
+        sqlite3 {work}/db.sqlite "create table t(x); insert into t values (1),(2),(3);"
+        test "$(sqlite3 {work}/db.sqlite 'select sum(x) from t')" = 6
+    """
+    ok(ann.run("sh", "-c", textwrap.dedent(script)))
+    snapshot = json.loads(ok(ann.cowfs("snap", "--json", "--wait", str(work))))
+    ok(ann.cowfs("mount", snapshot["id"], str(back)))
+    ok(ann.run("diff", "-r", "--no-dereference", str(work), str(back)))
+    assert ok(ann.run("git", "-C", f"{back}/src", "log", "--format=%s")).split() == ["two", "one"]
+    for mountpoint in (back, work):
+        ok(ann.cowfs("umount", str(mountpoint)))
