@@ -191,7 +191,8 @@ class CowOperations(pyfuse3.Operations):
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
             ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
         )
-        self._stored_blocks.pop(inode, None)
+        if fields.update_size:
+            self._stored_blocks.pop(inode, None)
         return self._attributes(inode, attrs)
 
     @translate_errors
