@@ -260,11 +260,16 @@ def _branch_names(store: Store) -> dict[int, str]:
 @click.option("-n", "--limit", type=int, default=0, help="Show only the newest N entries.")
 @click.option("--branch", help="Only snapshots of this branch.")
 @click.option("--cells", is_flag=True, help="One line per executed notebook cell.")
+@click.option("--remote", "remote_name", help="List what this remote holds instead.")
 @click.pass_obj
-def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: bool) -> None:
+def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: bool,
+        remote_name: str | None) -> None:
     """List snapshots (or, with --cells, executed cells), newest first."""
     from cowfs.fs.history import cell_runs
 
+    if remote_name:
+        _log_remote(context, remote_name, as_json, limit, cells)
+        return
     store = context.open_store(readonly=True)
     try:
         names = _branch_names(store)
@@ -572,6 +577,122 @@ def gc(context: Context, as_json: bool) -> None:
     click.echo(f"removed {report.versions_removed} record versions and {report.chunks_removed} chunks, "
                f"rewrote {report.packs_rewritten} packs, deleted {report.packs_deleted}: "
                f"{human_size(report.bytes_before)} -> {human_size(report.bytes_after)}")
+
+
+def _log_remote(context: Context, remote_name: str, as_json: bool, limit: int, cells: bool) -> None:
+    from cowfs.cli.remote import Bucket, remote_named, remote_snapshots
+
+    store = context.open_store(readonly=True)
+    try:
+        config = remote_named(store, remote_name)
+    finally:
+        store.close()
+    found = [s for s in remote_snapshots(Bucket(config)) if s["meta"].get("kind") != "vars"][::-1][:limit or None]
+    if cells:
+        found = [s for s in found if s["meta"].get("cell")]
+    if as_json:
+        emit_json(found)
+        return
+    table([[s["id"], human_time(s["created"]), s["source"]["snapshot"],
+            (f"[{s['meta']['cell'].get('execution_count')}] " if s["meta"].get("cell") else "") + s["label"]]
+           for s in found], ["ID", "CREATED", "FROM", "LABEL"])
+
+
+@cli.group()
+def remote() -> None:
+    """S3-compatible remotes: where snapshots go to be shared (credentials the AWS way)."""
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--endpoint-url", help="An S3-compatible endpoint (MinIO, Ceph, R2...); else AWS_ENDPOINT_URL or AWS.")
+@click.pass_obj
+def remote_add(context: Context, name: str, url: str, endpoint_url: str | None) -> None:
+    """Name a bucket and prefix: `cowfs remote add team s3://bucket/prefix`."""
+    from cowfs.cli.remote import RemoteConfig, load_remotes, save_remotes
+    from cowfs.fs.store import check_branch_name
+
+    check_branch_name(name)  # remote names become branch names of pulled snapshots
+    config = RemoteConfig(name, url, endpoint_url)
+    config.bucket_and_prefix  # noqa: B018 -- refuses an address that is not s3://bucket/...
+    store = context.open_store()
+    try:
+        remotes = load_remotes(store)
+        remotes[name] = config
+        save_remotes(store, remotes)
+    finally:
+        store.close()
+    click.echo(f"remote {name}: {url}" + (f" at {endpoint_url}" if endpoint_url else ""))
+
+
+@remote.command("list")
+@click.pass_obj
+def remote_list(context: Context) -> None:
+    """The remotes of this store."""
+    from cowfs.cli.remote import load_remotes
+
+    store = context.open_store(readonly=True)
+    try:
+        for config in load_remotes(store).values():
+            click.echo(f"{config.name}  {config.url}" + (f"  ({config.endpoint_url})" if config.endpoint_url else ""))
+    finally:
+        store.close()
+
+
+@cli.command()
+@click.argument("remote_name")
+@click.argument("snapshots", nargs=-1)
+@click.option("--branch", help="Push this branch's snapshots (default main).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def push(context: Context, remote_name: str, snapshots: tuple[str, ...], branch: str | None, as_json: bool) -> None:
+    """Send snapshots (default: every durable one of the branch) and the chunks the remote lacks."""
+    from cowfs.cli.remote import push as push_snapshots
+    from cowfs.cli.remote import remote_named
+
+    store = context.open_store()
+    try:
+        config = remote_named(store, remote_name)
+        if snapshots:
+            records = [store.resolve_snapshot(ref) for ref in snapshots]
+        else:
+            wanted = store.branch_named(branch or MAIN_BRANCH).id
+            records = [r for r in store.snapshots() if r.branch == wanted and r.durable]
+        with progress_on_terminal(as_json) as progress:
+            report = push_snapshots(store, config, records, progress)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(report.__dict__)
+        return
+    click.echo(f"pushed {len(report.pushed)} snapshots to {remote_name} ({len(report.already_there)} were there): "
+               f"{report.chunks_sent} chunks, {human_size(report.bytes_uploaded)} uploaded in {report.seconds:.1f} s")
+
+
+@cli.command()
+@click.argument("remote_name")
+@click.argument("snapshot")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def pull(context: Context, remote_name: str, snapshot: str, as_json: bool) -> None:
+    """Fetch a remote snapshot (and only the chunks this store lacks) as a local snapshot."""
+    from cowfs.cli.remote import pull as pull_snapshot
+    from cowfs.cli.remote import remote_named
+
+    store = context.open_store()
+    try:
+        config = remote_named(store, remote_name)
+        with progress_on_terminal(as_json) as progress:
+            report = pull_snapshot(store, config, snapshot, progress)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(report.__dict__)
+        return
+    click.echo(f"pulled {report.snapshot} as {report.local_snapshot} (branch {report.branch}): {report.files} files, "
+               f"{report.chunks_fetched} chunks, {human_size(report.bytes_downloaded)} downloaded; "
+               f"`cowfs mount {report.local_snapshot} DIR` opens it")
 
 
 @cli.group()

@@ -93,12 +93,33 @@ class Store:
         txn.put(b"next_branch", U64.pack(2), db=meta)
         txn.put(b"next_snapshot", U64.pack(1), db=meta)
         txn.put(b"next_pack", U64.pack(1), db=meta)
+        Store._put_root_branch(index, txn, BranchRecord(1, MAIN_BRANCH, FIRST_EPOCH, None, time.time()))
+
+    @staticmethod
+    def _put_root_branch(index: Index, txn: lmdb.Transaction, branch: BranchRecord) -> None:
+        """A branch without a parent, holding an empty root directory."""
         now = time.time_ns()
         root = InodeAttrs(stat.S_IFDIR | 0o755, os.getuid(), os.getgid(), 2, 0, now, now, now)
-        branch = BranchRecord(1, MAIN_BRANCH, FIRST_EPOCH, None, time.time())
-        txn.put(U32.pack(1), branch.encode(), db=index.db(DB_BRANCHES))
-        txn.put(MAIN_BRANCH.encode(), U32.pack(1), db=index.db(DB_BRANCH_NAMES))
-        versions.put(txn, index.db(DB_INODES), 1, FIRST_EPOCH, ROOT_INODE, b"", root.encode())
+        txn.put(U32.pack(branch.id), branch.encode(), db=index.db(DB_BRANCHES))
+        txn.put(branch.name.encode(), U32.pack(branch.id), db=index.db(DB_BRANCH_NAMES))
+        versions.put(txn, index.db(DB_INODES), branch.id, FIRST_EPOCH, ROOT_INODE, b"", root.encode())
+
+    def new_empty_branch(self, base_name: str) -> BranchRecord:
+        """A new branch with nothing in common with the others (a pulled snapshot is built on
+        one); named ``base_name``, or with a number added when that name is taken."""
+        check_branch_name(base_name)
+        names = self.index.db(DB_BRANCH_NAMES)
+
+        def create(txn: lmdb.Transaction) -> BranchRecord:
+            chosen, n = base_name, 1
+            while txn.get(chosen.encode(), db=names) is not None:
+                n += 1
+                chosen = f"{base_name}-{n}"
+            branch = BranchRecord(self._take(txn, b"next_branch"), chosen, FIRST_EPOCH, None, time.time())
+            self._put_root_branch(self.index, txn, branch)
+            return branch
+
+        return self.index.write(create)
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> "Store":

@@ -17,5 +17,5 @@ DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/d
 
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test,notebook]"
+.venv/bin/python -m pip install -q -e ".[test,notebook,remote]"
 echo "cowfs installed in $(pwd)/.venv (run .venv/bin/cowfs --help)"

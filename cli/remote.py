@@ -1,0 +1,380 @@
+"""Snapshots shared through S3-compatible object storage: push, pull, list.
+
+Layout under ``s3://bucket/prefix`` (docs/remotes.md), immutable, content-named objects only:
+
+    packs/<blake3 of the pack>.pack    chunk records as in local packs, about 16 MiB each
+    index/<same name>.json             the chunks of that pack: digest, offset, lengths
+    snapshots/<snapshot id>.json       the commit point: label, meta, root tree digest
+
+A pack goes up before its index, and every index before the snapshot that needs it, so a reader
+never sees a snapshot whose data is not all there. No key is ever written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from cowfs.fs.chunks import SealedChunk, digest_of, unseal
+from cowfs.fs.errors import StoreError
+from cowfs.fs.keys import DB_CHUNKS
+from cowfs.fs.packs import HEADER, record_header
+from cowfs.fs.progress import Progress, silent
+from cowfs.fs.records import ChunkLocation, SnapshotRecord
+from cowfs.fs.store import Store, open_private
+from cowfs.fs.tree import Tree
+from cowfs.fs.treeobjects import materialize, snapshot_objects, tree_digests
+
+PACK_TARGET = 16 << 20
+READ_GAP = 1 << 20  # chunks of one pack closer than this come in one ranged GET
+REMOTES_FILE = "remotes.json"
+
+
+# -- configuration ---------------------------------------------------------------------------------
+@dataclass
+class RemoteConfig:
+    name: str
+    url: str
+    endpoint_url: str | None = None
+
+    @property
+    def bucket_and_prefix(self) -> tuple[str, str]:
+        if not self.url.startswith("s3://"):
+            raise StoreError(f"remote {self.name}: {self.url!r} is not an s3://bucket/prefix address")
+        bucket, _, prefix = self.url[len("s3://"):].partition("/")
+        if not bucket:
+            raise StoreError(f"remote {self.name}: {self.url!r} names no bucket")
+        return bucket, prefix.strip("/")
+
+
+def load_remotes(store: Store) -> dict[str, RemoteConfig]:
+    path = store.path / REMOTES_FILE
+    if not path.exists():
+        return {}
+    with os.fdopen(open_private(path, os.O_RDONLY)) as handle:
+        return {name: RemoteConfig(**config) for name, config in json.load(handle).items()}
+
+
+def save_remotes(store: Store, remotes: dict[str, RemoteConfig]) -> None:
+    path = store.path / REMOTES_FILE
+    temporary = path.with_suffix(".tmp")
+    with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as handle:
+        json.dump({name: asdict(config) for name, config in remotes.items()}, handle, indent=2)
+    os.replace(temporary, path)
+
+
+def remote_named(store: Store, name: str) -> RemoteConfig:
+    remotes = load_remotes(store)
+    if name not in remotes:
+        known = ", ".join(sorted(remotes)) or "none yet"
+        raise StoreError(f"no remote named {name!r} (known: {known}); add one with "
+                         "`cowfs remote add NAME s3://bucket/prefix`")
+    return remotes[name]
+
+
+def store_id(store: Store) -> str:
+    """A name for this store that no other store has: snapshots keep it across machines."""
+    path = store.path / "store-id"
+    if not path.exists():
+        with os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as handle:
+            handle.write(uuid.uuid4().hex)
+    with os.fdopen(open_private(path, os.O_RDONLY)) as handle:
+        return handle.read().strip()
+
+
+def global_id(store: Store, record: SnapshotRecord) -> str:
+    return record.meta.get("remote_id") or f"{store_id(store)[:12]}-{record.id}"
+
+
+# -- the bucket ------------------------------------------------------------------------------------
+@dataclass
+class Traffic:
+    uploaded: int = 0
+    downloaded: int = 0
+    requests: int = 0
+
+
+class Bucket:
+    """The remote's objects, through the standard AWS SDK: credentials and endpoint the AWS way
+    (environment, AWS_PROFILE, AWS_ENDPOINT_URL), or the endpoint given to `remote add`."""
+
+    def __init__(self, config: RemoteConfig) -> None:
+        try:
+            import boto3
+            import botocore.exceptions
+        except ImportError:
+            raise StoreError("remotes need the AWS SDK: `pip install 'cowfs[remote]'` (boto3)") from None
+        self.name = config.name
+        self.bucket, self.prefix = config.bucket_and_prefix
+        self.client = boto3.client("s3", endpoint_url=config.endpoint_url or None)
+        self.errors = botocore.exceptions
+        self.traffic = Traffic()
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}/{kind}/{name}" if self.prefix else f"{kind}/{name}"
+
+    def _call(self, what: str, action: Callable):
+        try:
+            self.traffic.requests += 1
+            return action()
+        except self.errors.NoCredentialsError:
+            raise StoreError(f"remote {self.name}: no AWS credentials (set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
+        except self.errors.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            raise StoreError(f"remote {self.name}: {what} failed: {code or exc}") from None
+        except (self.errors.EndpointConnectionError, self.errors.ConnectionError) as exc:
+            raise StoreError(f"remote {self.name}: cannot reach the object store ({exc})") from None
+
+    def names(self, kind: str) -> list[str]:
+        prefix = self._key(kind, "")
+        found: list[str] = []
+
+        def listing() -> None:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                found.extend(item["Key"][len(prefix):] for item in page.get("Contents", []))
+
+        self._call(f"listing {prefix}", listing)
+        return found
+
+    def get(self, kind: str, name: str, first: int | None = None, last: int | None = None) -> bytes:
+        extra = {} if first is None else {"Range": f"bytes={first}-{last}"}
+        key = self._key(kind, name)
+        body = self._call(f"reading {key}",
+                          lambda: self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read())
+        self.traffic.downloaded += len(body)
+        return body
+
+    def put_new(self, kind: str, name: str, body: bytes) -> None:
+        """Write a key that must not exist yet (names are contents' hashes or unique ids)."""
+        key = self._key(kind, name)
+        self._call(f"writing {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body))
+        self.traffic.uploaded += len(body)
+
+
+# -- what the remote holds -------------------------------------------------------------------------
+@dataclass
+class RemoteIndex:
+    chunks: dict[bytes, tuple[str, ChunkLocation]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, bucket: Bucket) -> "RemoteIndex":
+        index = cls()
+        for name in bucket.names("index"):
+            document = json.loads(bucket.get("index", name))
+            for digest, offset, stored_len, raw_len in document["chunks"]:
+                index.chunks[bytes.fromhex(digest)] = (document["pack"], ChunkLocation(0, offset, stored_len, raw_len))
+        return index
+
+
+def remote_snapshots(bucket: Bucket) -> list[dict]:
+    found = [json.loads(bucket.get("snapshots", name)) for name in bucket.names("snapshots")]
+    return sorted(found, key=lambda s: (s["created"], s["id"]))
+
+
+def resolve_remote(snapshots: list[dict], ref: str) -> dict:
+    for test in (lambda s: s["id"] == ref, lambda s: s["label"] == ref):
+        matches = [s for s in snapshots if test(s)]
+        if matches:
+            return matches[-1]
+    matches = [s for s in snapshots if s["id"].startswith(ref) or (s["label"] and s["label"].startswith(ref))]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise StoreError(f"{ref!r} matches {len(matches)} remote snapshots; give more of its id or label")
+    raise StoreError(f"no snapshot {ref!r} on the remote; `cowfs log --remote NAME` lists them")
+
+
+# -- push ------------------------------------------------------------------------------------------
+class PackUploader:
+    """Gathers chunk records into packs of about PACK_TARGET bytes; each pack is uploaded, then
+    its index, so the remote never indexes bytes it does not hold."""
+
+    def __init__(self, bucket: Bucket, index: RemoteIndex) -> None:
+        self.bucket, self.index = bucket, index
+        self.records: list[bytes] = []
+        self.entries: list[tuple[bytes, int, int, int]] = []
+        self.size = 0
+        self.chunks_sent = 0
+
+    def add(self, digest: bytes, payload: bytes, raw_len: int) -> None:
+        if digest in self.index.chunks:  # on the remote, or already in this pack
+            return
+        self.records.append(record_header(digest, raw_len, len(payload)))
+        self.records.append(payload)
+        self.entries.append((digest, self.size + HEADER.size, len(payload), raw_len))
+        self.size += HEADER.size + len(payload)
+        self.index.chunks[digest] = ("", ChunkLocation(0, 0, len(payload), raw_len))  # pending
+        if self.size >= PACK_TARGET:
+            self.finish()
+
+    def finish(self) -> None:
+        if not self.entries:
+            return
+        body = b"".join(self.records)
+        name = digest_of(body).hex()
+        self.bucket.put_new("packs", f"{name}.pack", body)
+        index = {"pack": f"{name}.pack", "chunks": [[d.hex(), o, s, r] for d, o, s, r in self.entries]}
+        self.bucket.put_new("index", f"{name}.json", json.dumps(index).encode())
+        for digest, offset, stored_len, raw_len in self.entries:
+            self.index.chunks[digest] = (f"{name}.pack", ChunkLocation(0, offset, stored_len, raw_len))
+        self.chunks_sent += len(self.entries)
+        self.records, self.entries, self.size = [], [], 0
+
+
+@dataclass
+class PushReport:
+    remote: str
+    pushed: list[str] = field(default_factory=list)
+    already_there: list[str] = field(default_factory=list)
+    chunks_sent: int = 0
+    bytes_uploaded: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+
+
+def push(store: Store, config: RemoteConfig, records: Iterable[SnapshotRecord],
+         progress: Progress = silent) -> PushReport:
+    started = time.monotonic()
+    bucket = Bucket(config)
+    report = PushReport(config.name)
+    there = {name.removesuffix(".json") for name in bucket.names("snapshots")}
+    index = RemoteIndex.load(bucket)
+    uploader = PackUploader(bucket, index)
+    chunks_db = store.index.db(DB_CHUNKS)
+    for record in records:
+        name = global_id(store, record)
+        if name in there:
+            report.already_there.append(record.name)
+            continue
+        if not record.durable:
+            raise StoreError(f"snapshot {record.name} is not durable yet; `cowfs snap --wait` or wait a moment")
+        progress(f"pushing {record.name}", 0, 0)
+        objects = snapshot_objects(Tree.at_snapshot(store, record))
+        missing = sorted(d for d in objects.data if d not in index.chunks)
+        for done, digest in enumerate(missing):
+            progress(f"pushing {record.name}: chunks", done, len(missing))
+            with store.index.reading() as txn:
+                location = ChunkLocation.decode(txn.get(digest, db=chunks_db))
+            uploader.add(digest, store.packs.read(location), location.raw_len)
+        for digest, sealed in objects.trees.items():
+            uploader.add(digest, sealed.payload, sealed.raw_len)
+        uploader.finish()
+        document = {"id": name, "label": record.label, "meta": record.meta, "created": record.created,
+                    "root": objects.root.hex(), "source": {"store": store_id(store), "snapshot": record.name},
+                    "format": 1}
+        bucket.put_new("snapshots", f"{name}.json", json.dumps(document).encode())  # the commit point
+        there.add(name)
+        report.pushed.append(record.name)
+    report.chunks_sent = uploader.chunks_sent
+    report.bytes_uploaded, report.requests = bucket.traffic.uploaded, bucket.traffic.requests
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+# -- pull ------------------------------------------------------------------------------------------
+@dataclass
+class PullReport:
+    remote: str
+    snapshot: str = ""
+    local_snapshot: str = ""
+    branch: str = ""
+    files: int = 0
+    chunks_fetched: int = 0
+    bytes_downloaded: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+
+
+def coalesced_ranges(wanted: list[tuple[bytes, ChunkLocation]]) -> Iterator[list[tuple[bytes, ChunkLocation]]]:
+    """Chunks of one pack, sorted by offset, grouped so that each group is one ranged GET."""
+    group: list[tuple[bytes, ChunkLocation]] = []
+    for digest, location in sorted(wanted, key=lambda item: item[1].offset):
+        if group:
+            last = group[-1][1]
+            if location.offset - (last.offset + last.stored_len) > READ_GAP:
+                yield group
+                group = []
+        group.append((digest, location))
+    if group:
+        yield group
+
+
+def fetch_chunks(bucket: Bucket, index: RemoteIndex, digests: Iterable[bytes]) -> Iterator[SealedChunk]:
+    """Download chunks (adjacent ones of a pack together), each verified against its hash."""
+    by_pack: dict[str, list[tuple[bytes, ChunkLocation]]] = {}
+    for digest in digests:
+        if digest not in index.chunks:
+            raise StoreError(f"the remote's snapshot needs chunk {digest.hex()[:16]}, which no index of the "
+                             "remote lists; the remote is damaged (was a pack deleted by hand?)")
+        pack, location = index.chunks[digest]
+        by_pack.setdefault(pack, []).append((digest, location))
+    for pack, wanted in by_pack.items():
+        for group in coalesced_ranges(wanted):
+            first = group[0][1].offset
+            last = group[-1][1].offset + group[-1][1].stored_len - 1
+            body = bucket.get("packs", pack, first, last)
+            for digest, location in group:
+                payload = body[location.offset - first:location.offset - first + location.stored_len]
+                unseal(digest, payload, location.raw_len, f"remote pack {pack}")  # raises if damaged
+                yield SealedChunk(digest, payload, location.raw_len)
+
+
+def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = silent) -> PullReport:
+    started = time.monotonic()
+    bucket = Bucket(config)
+    document = resolve_remote(remote_snapshots(bucket), ref)
+    report = PullReport(config.name, snapshot=document["id"])
+    for record in store.snapshots():
+        if record.meta.get("remote_id") == document["id"]:
+            raise StoreError(f"snapshot {document['id']} is here already, as {record.name}; "
+                             f"`cowfs mount {record.name} DIR` opens it")
+    index = RemoteIndex.load(bucket)
+    trees: dict[bytes, bytes] = {}
+
+    def fetch_tree(digest: bytes) -> bytes:
+        if digest not in trees:
+            trees[digest] = unseal(digest, *next(
+                (c.payload, c.raw_len) for c in fetch_chunks(bucket, index, [digest])), f"remote {config.name}")
+        return trees[digest]
+
+    needed = {digest for kind, digest in tree_digests(bytes.fromhex(document["root"]), fetch_tree) if kind == "data"}
+    chunks_db = store.index.db(DB_CHUNKS)
+    with store.index.reading() as txn:
+        missing = sorted(d for d in needed if txn.get(d, db=chunks_db) is None)
+    batch: list[SealedChunk] = []
+    for done, chunk in enumerate(fetch_chunks(bucket, index, missing)):
+        progress(f"pulling {document['id']}: chunks", done, len(missing))
+        batch.append(chunk)
+        if sum(c.raw_len for c in batch) >= PACK_TARGET:
+            store.index.write(lambda txn, part=batch: store.add_chunks(txn, part))
+            batch = []
+    if batch:
+        store.index.write(lambda txn: store.add_chunks(txn, batch))
+    report.chunks_fetched = len(missing)
+    branch = store.new_empty_branch(f"{config.name}-{document['source']['snapshot'].lstrip('@')}")
+    tree = Tree(store, branch.id)
+
+    def fetch_data(digest: bytes) -> bytes:
+        with store.index.reading() as txn:
+            return store.read_chunk(txn, digest)
+
+    progress(f"pulling {document['id']}: files", 0, 0)
+    report.files = materialize(tree, bytes.fromhex(document["root"]), fetch_tree, fetch_data)
+    tree.flush()
+    meta = dict(document["meta"]) | {"remote_id": document["id"], "remote": config.name,
+                                     "pulled_from": document["source"]}
+    tree.snapshot(document["label"], meta)
+    tree.flush()
+    store.sync()
+    report.local_snapshot = next(r.name for r in store.snapshots() if r.meta.get("remote_id") == document["id"])
+    report.branch = branch.name
+    report.bytes_downloaded, report.requests = bucket.traffic.downloaded, bucket.traffic.requests
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+

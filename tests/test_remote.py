@@ -1,0 +1,133 @@
+"""Snapshots through a real S3 API server (moto's server mode, over HTTP on 127.0.0.1), driven by
+the real CLI with AWS credential conventions: push, log --remote, pull into another store, and
+dedup across the network."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import Workspace, needs_fuse, run_cli
+from test_mount_snapshots import tree_digest
+
+pytestmark = needs_fuse
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    pytest.importorskip("boto3")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the S3 server did not start")
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture
+def aws(s3_server, monkeypatch, tmp_path):
+    """Credentials and endpoint as AWS tools take them, and a fresh bucket."""
+    import boto3
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"b{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket
+
+
+def cowfs_json(store: Path, *args: str) -> dict | list:
+    return json.loads(run_cli(*args, "--json", store=store).stdout)
+
+
+def test_push_then_pull_into_another_store_gives_the_same_tree(workspace, aws, tmp_path):
+    mnt = workspace.mount()
+    (mnt / "data").mkdir()
+    (mnt / "data" / "big.bin").write_bytes(os.urandom(4 << 20))
+    (mnt / "notes.txt").write_text("before the SVM\n")
+    os.symlink("data/big.bin", mnt / "latest")
+    os.link(mnt / "notes.txt", mnt / "notes-link.txt")
+    Path(mnt, os.fsdecode(b"caf\xe9.csv")).write_bytes(b"a,b\n1,2\n")
+    os.utime(mnt / "notes.txt", ns=(1_000_000_000, 1_500_000_000))
+    first = workspace.snap(mnt, "before training", wait=True)
+    expected = tree_digest(mnt)
+
+    workspace.cli("remote", "add", "team", f"s3://{aws}/shared/work")
+    sent = cowfs_json(workspace.store, "push", "team")
+    assert sent["pushed"] == [first["id"]] and sent["bytes_uploaded"] >= 4 << 20
+    listed = cowfs_json(workspace.store, "log", "--remote", "team")
+    assert [s["label"] for s in listed] == ["before training"]
+    again = cowfs_json(workspace.store, "push", "team")
+    assert again["pushed"] == [] and again["bytes_uploaded"] == 0, "nothing is sent twice"
+
+    other = Workspace(tmp_path / "other", tmp_path / "other" / "store")
+    other.root.mkdir()
+    other.cli("init")
+    try:
+        other.cli("remote", "add", "team", f"s3://{aws}/shared/work")
+        pulled = cowfs_json(other.store, "pull", "team", "before training")
+        assert pulled["files"] == 3 and pulled["bytes_downloaded"] >= 4 << 20
+        back = other.mount(pulled["local_snapshot"], name="from-alice")
+        assert tree_digest(back) == expected
+        assert (back / "notes.txt").stat().st_mtime_ns == 1_500_000_000
+        assert (back / "notes.txt").stat().st_ino == (back / "notes-link.txt").stat().st_ino
+        log = cowfs_json(other.store, "log")
+        assert log[0]["label"] == "before training" and log[0]["meta"]["remote_id"] == listed[0]["id"]
+
+        # A 1 MiB change: about 1 MiB goes up, and about 1 MiB comes down into the store that has the rest.
+        with open(mnt / "data" / "big.bin", "r+b") as handle:
+            handle.seek(1 << 20)
+            handle.write(os.urandom(1 << 20))
+        workspace.snap(mnt, "after training", wait=True)
+        delta = cowfs_json(workspace.store, "push", "team")
+        assert (1 << 20) <= delta["bytes_uploaded"] < (1 << 20) + (256 << 10), delta
+        second = cowfs_json(other.store, "pull", "team", "after training")
+        assert (1 << 20) <= second["bytes_downloaded"] < (1 << 20) + (512 << 10), second
+        newer = other.mount(second["local_snapshot"], name="after")
+        assert tree_digest(newer) == tree_digest(mnt)
+        assert other.cli("fsck").returncode == 0
+    finally:
+        other.unmount_all()
+
+
+def test_remote_mistakes_are_one_line(workspace, aws, monkeypatch):
+    for args, fragment in [(["push", "nowhere"], "no remote named 'nowhere'"),
+                           (["remote", "add", "x", "http://bucket"], "not an s3://bucket/prefix address")]:
+        result = workspace.cli(*args, check=False)
+        assert result.returncode != 0 and fragment in result.stderr and "Traceback" not in result.stderr
+    workspace.cli("remote", "add", "team", f"s3://{aws}/p")
+    result = workspace.cli("pull", "team", "no-such-snapshot", check=False)
+    assert result.returncode != 0 and "no snapshot 'no-such-snapshot' on the remote" in result.stderr
+    workspace.cli("remote", "add", "gone", "s3://no-such-bucket-here/p")
+    result = workspace.cli("log", "--remote", "gone", check=False)
+    assert result.returncode != 0 and "NoSuchBucket" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    result = workspace.cli("log", "--remote", "team", check=False)
+    assert result.returncode != 0 and "cannot reach" in result.stderr and "Traceback" not in result.stderr
