@@ -580,14 +580,9 @@ def gc(context: Context, as_json: bool) -> None:
 
 
 def _log_remote(context: Context, remote_name: str, as_json: bool, limit: int, cells: bool) -> None:
-    from cowfs.cli.remote import Bucket, remote_named, remote_snapshots
+    from cowfs.cli.remote import Bucket, remote_snapshots
 
-    store = context.open_store(readonly=True)
-    try:
-        config = remote_named(store, remote_name)
-    finally:
-        store.close()
-    found = [s for s in remote_snapshots(Bucket(config)) if s["meta"].get("kind") != "vars"][::-1][:limit or None]
+    found = [s for s in remote_snapshots(Bucket(_remote_config(context, remote_name))) if s["meta"].get("kind") != "vars"][::-1][:limit or None]
     if cells:
         found = [s for s in found if s["meta"].get("cell")]
     if as_json:
@@ -640,6 +635,70 @@ def remote_list(context: Context) -> None:
         store.close()
 
 
+def _remote_config(context: Context, name: str):
+    from cowfs.cli.remote import remote_named
+
+    store = context.open_store(readonly=True)
+    try:
+        return remote_named(store, name)
+    finally:
+        store.close()
+
+
+def _exchange(context: Context, remote_name: str, as_json: bool, work):
+    """Run a push or pull on the store and a remote; prints the JSON report (and returns None)
+    with --json, else returns the report for the command to describe."""
+    from cowfs.cli.remote import remote_named
+
+    store = context.open_store()
+    try:
+        config = remote_named(store, remote_name)
+        with progress_on_terminal(as_json) as progress:
+            report = work(store, config, progress)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(report.__dict__)
+        return None
+    return report
+
+
+@remote.command("forget")
+@click.argument("remote_name")
+@click.argument("snapshots", nargs=-1, required=True)
+@click.pass_obj
+def remote_forget(context: Context, remote_name: str, snapshots: tuple[str, ...]) -> None:
+    """Remove snapshots from a remote (their space returns at the next `cowfs remote gc`)."""
+    from cowfs.cli.remote import forget
+
+    removed = forget(_remote_config(context, remote_name), snapshots)
+    click.echo(f"removed {', '.join(removed)} from {remote_name}; `cowfs remote gc {remote_name}` reclaims the space")
+
+
+@remote.command("gc")
+@click.argument("remote_name")
+@click.option("--grace", default="6h", show_default=True,
+              help="Keep unreferenced packs younger than this: a push uploads packs before its snapshot.")
+@click.option("--dry-run", is_flag=True, help="Say what would go, delete nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def remote_gc(context: Context, remote_name: str, grace: str, dry_run: bool, as_json: bool) -> None:
+    """Delete the remote packs no remote snapshot needs (safe beside pushes from other machines)."""
+    from cowfs.cli.remote import collect_remote_garbage
+    from cowfs.fs.retention import parse_duration
+
+    config = _remote_config(context, remote_name)
+    with progress_on_terminal(as_json) as progress:
+        report = collect_remote_garbage(config, parse_duration(grace), dry_run, progress)
+    if as_json:
+        emit_json(report.__dict__)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{remote_name}: {report.snapshots} snapshots; {verb} {report.packs_deleted} packs "
+               f"({human_size(report.bytes_freed)}); kept {report.packs_kept_young} unreferenced packs younger "
+               f"than {grace}")
+
+
 @cli.command()
 @click.argument("remote_name")
 @click.argument("snapshots", nargs=-1)
@@ -649,22 +708,17 @@ def remote_list(context: Context) -> None:
 def push(context: Context, remote_name: str, snapshots: tuple[str, ...], branch: str | None, as_json: bool) -> None:
     """Send snapshots (default: every durable one of the branch) and the chunks the remote lacks."""
     from cowfs.cli.remote import push as push_snapshots
-    from cowfs.cli.remote import remote_named
 
-    store = context.open_store()
-    try:
-        config = remote_named(store, remote_name)
+    def send(store: Store, config, progress):
         if snapshots:
             records = [store.resolve_snapshot(ref) for ref in snapshots]
         else:
             wanted = store.branch_named(branch or MAIN_BRANCH).id
             records = [r for r in store.snapshots() if r.branch == wanted and r.durable]
-        with progress_on_terminal(as_json) as progress:
-            report = push_snapshots(store, config, records, progress)
-    finally:
-        store.close()
-    if as_json:
-        emit_json(report.__dict__)
+        return push_snapshots(store, config, records, progress)
+
+    report = _exchange(context, remote_name, as_json, send)
+    if report is None:
         return
     click.echo(f"pushed {len(report.pushed)} snapshots to {remote_name} ({len(report.already_there)} were there): "
                f"{report.chunks_sent} chunks, {human_size(report.bytes_uploaded)} uploaded in {report.seconds:.1f} s")
@@ -678,17 +732,10 @@ def push(context: Context, remote_name: str, snapshots: tuple[str, ...], branch:
 def pull(context: Context, remote_name: str, snapshot: str, as_json: bool) -> None:
     """Fetch a remote snapshot (and only the chunks this store lacks) as a local snapshot."""
     from cowfs.cli.remote import pull as pull_snapshot
-    from cowfs.cli.remote import remote_named
 
-    store = context.open_store()
-    try:
-        config = remote_named(store, remote_name)
-        with progress_on_terminal(as_json) as progress:
-            report = pull_snapshot(store, config, snapshot, progress)
-    finally:
-        store.close()
-    if as_json:
-        emit_json(report.__dict__)
+    report = _exchange(context, remote_name, as_json,
+                       lambda store, config, progress: pull_snapshot(store, config, snapshot, progress))
+    if report is None:
         return
     click.echo(f"pulled {report.snapshot} as {report.local_snapshot} (branch {report.branch}): {report.files} files, "
                f"{report.chunks_fetched} chunks, {human_size(report.bytes_downloaded)} downloaded; "

@@ -31,6 +31,7 @@ from cowfs.fs.treeobjects import materialize, snapshot_objects, tree_digests
 
 PACK_TARGET = 16 << 20
 READ_GAP = 1 << 20  # chunks of one pack closer than this come in one ranged GET
+REPACK_BELOW_LIVE = 0.5  # a pack less than half alive is rewritten by `remote gc`
 REMOTES_FILE = "remotes.json"
 
 
@@ -141,6 +142,24 @@ class Bucket:
         self._call(f"listing {prefix}", listing)
         return found
 
+    def objects(self, kind: str) -> dict[str, tuple[float, int]]:
+        """Each object's age in seconds (by the object store's clock) and size."""
+        prefix = self._key(kind, "")
+        found: dict[str, tuple[float, int]] = {}
+
+        def listing() -> None:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    found[item["Key"][len(prefix):]] = (item["LastModified"].timestamp(), item["Size"])
+
+        self._call(f"listing {prefix}", listing)
+        now = max([time.time(), *(stamp for stamp, _ in found.values())])  # never behind the store's clock
+        return {name: (now - stamp, size) for name, (stamp, size) in found.items()}
+
+    def delete(self, kind: str, name: str) -> None:
+        key = self._key(kind, name)
+        self._call(f"deleting {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
     def get(self, kind: str, name: str, first: int | None = None, last: int | None = None) -> bytes:
         extra = {} if first is None else {"Range": f"bytes={first}-{last}"}
         key = self._key(kind, name)
@@ -153,7 +172,8 @@ class Bucket:
         """Write a key that must not exist yet (names are contents' hashes or unique ids)."""
         key = self._key(kind, name)
         self._call(f"writing {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body))
-        self.traffic.uploaded += len(body)
+        if kind != "leases":  # coordination, not what was shared
+            self.traffic.uploaded += len(body)
 
 
 # -- what the remote holds -------------------------------------------------------------------------
@@ -187,6 +207,40 @@ def resolve_remote(snapshots: list[dict], ref: str) -> dict:
     if matches:
         raise StoreError(f"{ref!r} matches {len(matches)} remote snapshots; give more of its id or label")
     raise StoreError(f"no snapshot {ref!r} on the remote; `cowfs log --remote NAME` lists them")
+
+
+# -- leases: pushes and gc never overlap ------------------------------------------------------------
+LEASE_SECONDS = 3600.0  # a lease older than this belongs to a process that died
+
+
+class Lease:
+    """A push announces itself under ``leases/push-*``, a gc under ``leases/gc-*``, and only
+    then looks for the other kind. With S3's read-after-write consistency at least one of two
+    that start together sees the other and backs off, so gc never deletes a chunk that a push
+    found on the remote (and did not upload again) before that push's snapshot lands."""
+
+    def __init__(self, bucket: Bucket, kind: str) -> None:
+        self.bucket, self.kind = bucket, kind
+        self.name = f"{kind}-{uuid.uuid4().hex}.json"
+
+    def __enter__(self) -> "Lease":
+        other = "gc" if self.kind == "push" else "push"
+        self.bucket.put_new("leases", self.name, json.dumps({"kind": self.kind, "host": os.uname().nodename,
+                                                             "pid": os.getpid()}).encode())
+        try:
+            busy = [name for name, (age, _) in self.bucket.objects("leases").items()
+                    if name.startswith(other + "-") and age < LEASE_SECONDS]
+            if busy:
+                raise StoreError(f"remote {self.bucket.name}: a {other} is running (lease {busy[0]}); "
+                                 f"try again when it is done (a lease of a dead process expires after "
+                                 f"{LEASE_SECONDS / 60:.0f} minutes)")
+        except BaseException:
+            self.bucket.delete("leases", self.name)
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.bucket.delete("leases", self.name)
 
 
 # -- push ------------------------------------------------------------------------------------------
@@ -241,7 +295,15 @@ def push(store: Store, config: RemoteConfig, records: Iterable[SnapshotRecord],
          progress: Progress = silent) -> PushReport:
     started = time.monotonic()
     bucket = Bucket(config)
-    report = PushReport(config.name)
+    with Lease(bucket, "push"):
+        report = _push(store, bucket, records, progress)
+    report.bytes_uploaded, report.requests = bucket.traffic.uploaded, bucket.traffic.requests
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _push(store: Store, bucket: Bucket, records: Iterable[SnapshotRecord], progress: Progress) -> PushReport:
+    report = PushReport(bucket.name)
     there = {name.removesuffix(".json") for name in bucket.names("snapshots")}
     index = RemoteIndex.load(bucket)
     uploader = PackUploader(bucket, index)
@@ -271,8 +333,6 @@ def push(store: Store, config: RemoteConfig, records: Iterable[SnapshotRecord],
         there.add(name)
         report.pushed.append(record.name)
     report.chunks_sent = uploader.chunks_sent
-    report.bytes_uploaded, report.requests = bucket.traffic.uploaded, bucket.traffic.requests
-    report.seconds = round(time.monotonic() - started, 3)
     return report
 
 
@@ -378,3 +438,77 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     return report
 
 
+
+
+# -- forgetting and reclaiming ---------------------------------------------------------------------
+def forget(config: RemoteConfig, refs: Iterable[str]) -> list[str]:
+    """Delete snapshot records (their chunks go at the next `remote gc`)."""
+    bucket = Bucket(config)
+    snapshots = remote_snapshots(bucket)
+    chosen = [resolve_remote(snapshots, ref)["id"] for ref in refs]
+    for name in chosen:
+        bucket.delete("snapshots", f"{name}.json")
+    return chosen
+
+
+@dataclass
+class RemoteGcReport:
+    remote: str
+    snapshots: int = 0
+    packs_deleted: int = 0
+    packs_rewritten: int = 0
+    bytes_freed: int = 0
+    packs_kept_young: int = 0
+    dry_run: bool = False
+
+
+def collect_remote_garbage(config: RemoteConfig, grace_seconds: float, dry_run: bool = False,
+                           progress: Progress = silent) -> RemoteGcReport:
+    """Delete the packs no remote snapshot needs, and rewrite those less than half alive (their
+    live chunks go to a new pack first). Packs younger than the grace period stay: a push uploads
+    its packs before its snapshot record, and they are unreferenced until then."""
+    bucket = Bucket(config)
+    report = RemoteGcReport(config.name, dry_run=dry_run)
+    with Lease(bucket, "gc"):
+        snapshots = remote_snapshots(bucket)
+        report.snapshots = len(snapshots)
+        index = RemoteIndex.load(bucket)
+        trees: dict[bytes, bytes] = {}
+
+        def fetch_tree(digest: bytes) -> bytes:
+            if digest not in trees:
+                chunk = next(fetch_chunks(bucket, index, [digest]))
+                trees[digest] = unseal(digest, chunk.payload, chunk.raw_len, f"remote {config.name}")
+            return trees[digest]
+
+        live: set[bytes] = set()
+        for done, snapshot in enumerate(snapshots):
+            progress("walking remote snapshots", done, len(snapshots))
+            live.update(digest for _, digest in tree_digests(bytes.fromhex(snapshot["root"]), fetch_tree))
+        packs: dict[str, set[bytes]] = {}
+        for digest, (pack, _) in index.chunks.items():
+            packs.setdefault(pack, set()).add(digest)
+        stored = bucket.objects("packs")
+        uploader = PackUploader(bucket, RemoteIndex())
+        for pack, digests in packs.items():
+            age, size = stored.get(pack, (0.0, 0))
+            kept = digests & live
+            live_bytes = sum(index.chunks[d][1].stored_len for d in kept)
+            if kept and live_bytes >= REPACK_BELOW_LIVE * size:
+                continue
+            if age < grace_seconds:
+                report.packs_kept_young += 1
+                continue
+            report.packs_deleted += 1
+            report.bytes_freed += size - live_bytes
+            if dry_run:
+                continue
+            if kept:  # the live chunks move to a new pack, indexed, before the old one goes
+                for chunk in fetch_chunks(bucket, index, sorted(kept)):
+                    uploader.add(chunk.digest, chunk.payload, chunk.raw_len)
+                uploader.finish()
+                report.packs_rewritten += 1
+            # the index first: no new reader may count on the pack
+            bucket.delete("index", pack.removesuffix(".pack") + ".json")
+            bucket.delete("packs", pack)
+    return report

@@ -123,17 +123,23 @@ def test_gc_never_drops_a_chunk_reused_during_the_scan(store: Store, monkeypatch
     assert tree.read(other, 0, len(payload)) == payload
 
 
-def test_fsck_finds_and_repairs(tmp_path):
+def store_with_one_file(tmp_path):
+    """A store holding one 256 KiB file, committed: the store, its tree, the file, its pack and
+    the payload offset of the pack's first record."""
     store = Store.init(tmp_path / "s")
     tree = Tree(store, 1)
     ino, _ = tree.create(ROOT_INODE, b"f", FILE, 0, 0)
     tree.write(ino, 0, bytes(range(256)) * 1024)
     tree.flush()
     store.sync()
-    assert check(store).clean
     pack = next((store.path / "packs").glob("*.pack"))
+    return store, tree, ino, pack, next(scan_pack(pack))[2]
+
+
+def test_fsck_finds_and_repairs(tmp_path):
+    store, tree, ino, pack, offset = store_with_one_file(tmp_path)
+    assert check(store).clean
     good = pack.read_bytes()
-    _, _, offset, _ = next(scan_pack(pack))
     with open(pack, "r+b") as handle:
         handle.seek(offset + 3)
         handle.write(b"\xff\xff")
@@ -154,14 +160,7 @@ def test_fsck_finds_and_repairs(tmp_path):
 def test_fsck_checks_the_record_headers_repair_relies_on(tmp_path):
     """Issue 13: a flipped byte in a record header (not in the chunk) went unreported, though
     it hides that copy from `fsck --repair` and from an index rebuilt from the packs."""
-    store = Store.init(tmp_path / "s")
-    tree = Tree(store, 1)
-    ino, _ = tree.create(ROOT_INODE, b"f", FILE, 0, 0)
-    tree.write(ino, 0, bytes(range(256)) * 1024)
-    tree.flush()
-    store.sync()
-    pack = next((store.path / "packs").glob("*.pack"))
-    _, _, offset, _ = next(scan_pack(pack))
+    store, tree, ino, pack, offset = store_with_one_file(tmp_path)
     with open(pack, "r+b") as handle:
         handle.seek(offset - 12)  # inside the digest the header repeats
         byte = handle.read(1)

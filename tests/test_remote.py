@@ -63,6 +63,16 @@ def aws(s3_server, monkeypatch, tmp_path):
     return bucket
 
 
+def another_store(tmp_path: Path, name: str, bucket: str | None = None, prefix: str = "") -> Workspace:
+    """A second store (another machine's), with the remote `team` added when a bucket is given."""
+    other = Workspace(tmp_path / name, tmp_path / name / "store")
+    other.root.mkdir()
+    other.cli("init")
+    if bucket is not None:
+        other.cli("remote", "add", "team", f"s3://{bucket}/{prefix}")
+    return other
+
+
 def cowfs_json(store: Path, *args: str) -> dict | list:
     return json.loads(run_cli(*args, "--json", store=store).stdout)
 
@@ -87,11 +97,8 @@ def test_push_then_pull_into_another_store_gives_the_same_tree(workspace, aws, t
     again = cowfs_json(workspace.store, "push", "team")
     assert again["pushed"] == [] and again["bytes_uploaded"] == 0, "nothing is sent twice"
 
-    other = Workspace(tmp_path / "other", tmp_path / "other" / "store")
-    other.root.mkdir()
-    other.cli("init")
+    other = another_store(tmp_path, "other", aws, "shared/work")
     try:
-        other.cli("remote", "add", "team", f"s3://{aws}/shared/work")
         pulled = cowfs_json(other.store, "pull", "team", "before training")
         assert pulled["files"] == 3 and pulled["bytes_downloaded"] >= 4 << 20
         back = other.mount(pulled["local_snapshot"], name="from-alice")
@@ -131,3 +138,74 @@ def test_remote_mistakes_are_one_line(workspace, aws, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     result = workspace.cli("log", "--remote", "team", check=False)
     assert result.returncode != 0 and "cannot reach" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_forget_and_gc_reclaim_only_what_no_snapshot_needs(workspace, aws, tmp_path):
+    import boto3
+
+    mnt = workspace.mount()
+    workspace.cli("remote", "add", "team", f"s3://{aws}/p")
+    (mnt / "model.bin").write_bytes(os.urandom(2 << 20))
+    (mnt / "keep.txt").write_text("shared by both")
+    old = workspace.snap(mnt, "old model", wait=True)
+    cowfs_json(workspace.store, "push", "team")
+    (mnt / "model.bin").write_bytes(os.urandom(2 << 20))
+    workspace.snap(mnt, "new model", wait=True)
+    expected = tree_digest(mnt)
+    cowfs_json(workspace.store, "push", "team")
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=aws, Key="p/leases/push-elsewhere.json", Body=b"{}")  # another machine pushing
+    refused = workspace.cli("remote", "gc", "team", "--grace", "0s", check=False)
+    assert refused.returncode != 0 and "a push is running" in refused.stderr and "Traceback" not in refused.stderr
+    s3.delete_object(Bucket=aws, Key="p/leases/push-elsewhere.json")
+
+    listed = cowfs_json(workspace.store, "log", "--remote", "team")
+    old_id = next(s["id"] for s in listed if s["label"] == "old model")
+    workspace.cli("remote", "forget", "team", old_id)
+    young = cowfs_json(workspace.store, "remote", "gc", "team", "--grace", "1h")
+    assert young["packs_deleted"] == 0 and young["packs_kept_young"] == 1, "a push's packs may still be landing"
+    reclaimed = cowfs_json(workspace.store, "remote", "gc", "team", "--grace", "0s")
+    # The old pack also held keep.txt, which the new snapshot still needs: it moves to a new pack.
+    assert reclaimed["packs_deleted"] == 1 and reclaimed["packs_rewritten"] == 1, reclaimed
+    assert reclaimed["bytes_freed"] >= 2 << 20, reclaimed
+
+    fresh = another_store(tmp_path, "fresh", aws, "p")
+    try:
+        pulled = cowfs_json(fresh.store, "pull", "team", "new model")
+        assert tree_digest(fresh.mount(pulled["local_snapshot"], name="m")) == expected
+        gone = fresh.cli("pull", "team", old["id"], check=False)
+        assert gone.returncode != 0 and "no snapshot" in gone.stderr
+    finally:
+        fresh.unmount_all()
+    s3.put_object(Bucket=aws, Key="p/leases/gc-elsewhere.json", Body=b"{}")
+    blocked = workspace.cli("push", "team", check=False)
+    assert blocked.returncode != 0 and "a gc is running" in blocked.stderr
+
+
+def test_two_stores_pushing_at_once_lose_nothing(aws, tmp_path):
+    stores = [another_store(tmp_path, name, aws, "shared") for name in ("alice", "bob")]
+    try:
+        expected = {}
+        for ws in stores:
+            mnt = ws.mount()
+            (mnt / "common.bin").write_bytes(b"same bytes in both stores\n" * 50000)
+            (mnt / "own.bin").write_bytes(os.urandom(3 << 20))
+            ws.snap(mnt, f"from {ws.root.name}", wait=True)
+            expected[ws.root.name] = tree_digest(mnt)
+        env = {**os.environ}
+        pushes = [subprocess.Popen([sys.executable, "-m", "cowfs.cli.main", "push", "team", "--json"],
+                                   env=env | {"COWFS_STORE": str(ws.store)}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True) for ws in stores]
+        for process in pushes:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+        listed = cowfs_json(stores[0].store, "log", "--remote", "team")
+        assert sorted(s["label"] for s in listed) == ["from alice", "from bob"]
+        for ws in stores:
+            other = next(o for o in stores if o is not ws)
+            pulled = cowfs_json(ws.store, "pull", "team", f"from {other.root.name}")
+            assert tree_digest(ws.mount(pulled["local_snapshot"], name="pulled")) == expected[other.root.name]
+    finally:
+        for ws in stores:
+            ws.unmount_all()
