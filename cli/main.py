@@ -645,6 +645,15 @@ def _remote_config(context: Context, name: str):
         store.close()
 
 
+def _current_branch(store: Store) -> str:
+    """The branch of the mount holding the working directory, when it is one of this store's."""
+    try:
+        status = request(mount_for(os.getcwd()).mountpoint, {"op": "status"}, timeout=5)
+    except DaemonError:
+        return MAIN_BRANCH
+    return status["branch"] if status.get("store") == str(store.path) else MAIN_BRANCH
+
+
 def _exchange(context: Context, remote_name: str, as_json: bool, work):
     """Run a push or pull on the store and a remote; prints the JSON report (and returns None)
     with --json, else returns the report for the command to describe."""
@@ -702,7 +711,7 @@ def remote_gc(context: Context, remote_name: str, grace: str, dry_run: bool, as_
 @cli.command()
 @click.argument("remote_name")
 @click.argument("snapshots", nargs=-1)
-@click.option("--branch", help="Push this branch's snapshots (default main).")
+@click.option("--branch", help="Push this branch's snapshots (default: that of the mount you are in, else main).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def push(context: Context, remote_name: str, snapshots: tuple[str, ...], branch: str | None, as_json: bool) -> None:
@@ -713,7 +722,7 @@ def push(context: Context, remote_name: str, snapshots: tuple[str, ...], branch:
         if snapshots:
             records = [store.resolve_snapshot(ref) for ref in snapshots]
         else:
-            wanted = store.branch_named(branch or MAIN_BRANCH).id
+            wanted = store.branch_named(branch or _current_branch(store)).id
             records = [r for r in store.snapshots() if r.branch == wanted and r.durable]
         return push_snapshots(store, config, records, progress)
 

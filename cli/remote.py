@@ -17,6 +17,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from cowfs.fs.chunks import SealedChunk, digest_of, unseal
@@ -182,13 +183,33 @@ class RemoteIndex:
     chunks: dict[bytes, tuple[str, ChunkLocation]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, bucket: Bucket) -> "RemoteIndex":
+    def load(cls, bucket: Bucket, cache: Path | None = None) -> "RemoteIndex":
+        """Every index of the remote. Index objects never change (named by their pack's hash),
+        so with a ``cache`` directory each is downloaded once; one gc deleted is dropped."""
         index = cls()
-        for name in bucket.names("index"):
-            document = json.loads(bucket.get("index", name))
+        names = bucket.names("index")
+        if cache is not None:
+            cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for stale in set(os.listdir(cache)) - set(names):
+                (cache / stale).unlink()
+        for name in names:
+            cached = cache / name if cache is not None else None
+            if cached is not None and cached.exists():
+                with os.fdopen(open_private(cached, os.O_RDONLY), "rb") as handle:
+                    raw = handle.read()
+            else:
+                raw = bucket.get("index", name)
+                if cached is not None:
+                    with os.fdopen(open_private(cached, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as handle:
+                        handle.write(raw)
+            document = json.loads(raw)
             for digest, offset, stored_len, raw_len in document["chunks"]:
                 index.chunks[bytes.fromhex(digest)] = (document["pack"], ChunkLocation(0, offset, stored_len, raw_len))
         return index
+
+
+def index_cache(store: Store, bucket: Bucket) -> Path:
+    return store.path / "remote-cache" / bucket.name / "index"
 
 
 def remote_snapshots(bucket: Bucket) -> list[dict]:
@@ -305,7 +326,7 @@ def push(store: Store, config: RemoteConfig, records: Iterable[SnapshotRecord],
 def _push(store: Store, bucket: Bucket, records: Iterable[SnapshotRecord], progress: Progress) -> PushReport:
     report = PushReport(bucket.name)
     there = {name.removesuffix(".json") for name in bucket.names("snapshots")}
-    index = RemoteIndex.load(bucket)
+    index = RemoteIndex.load(bucket, index_cache(store, bucket))
     uploader = PackUploader(bucket, index)
     chunks_db = store.index.db(DB_CHUNKS)
     for record in records:
@@ -393,7 +414,7 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
         if record.meta.get("remote_id") == document["id"]:
             raise StoreError(f"snapshot {document['id']} is here already, as {record.name}; "
                              f"`cowfs mount {record.name} DIR` opens it")
-    index = RemoteIndex.load(bucket)
+    index = RemoteIndex.load(bucket, index_cache(store, bucket))
     trees: dict[bytes, bytes] = {}
 
     def fetch_tree(digest: bytes) -> bytes:

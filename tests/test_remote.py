@@ -96,8 +96,15 @@ def test_push_then_pull_into_another_store_gives_the_same_tree(workspace, aws, t
     assert [s["label"] for s in listed] == ["before training"]
     again = cowfs_json(workspace.store, "push", "team")
     assert again["pushed"] == [] and again["bytes_uploaded"] == 0, "nothing is sent twice"
+    cached = sorted(p.name for p in (workspace.store / "remote-cache" / "team" / "index").iterdir())
+    assert cached and all(name.endswith(".json") for name in cached), "index objects are fetched once"
 
     other = another_store(tmp_path, "other", aws, "shared/work")
+    branch_mount = workspace.mount(first["id"], name="branch", branch="experiment")
+    (branch_mount / "only-here.txt").write_text("on a branch")
+    on_branch = workspace.snap(branch_mount, "on the branch", wait=True)
+    from_inside = json.loads(workspace.cli("push", "team", "--json", cwd=branch_mount).stdout)
+    assert from_inside["pushed"] == [on_branch["id"]], "push from inside a mount sends that mount's branch"
     try:
         pulled = cowfs_json(other.store, "pull", "team", "before training")
         assert pulled["files"] == 3 and pulled["bytes_downloaded"] >= 4 << 20
