@@ -4,6 +4,7 @@ socket) or of a store (read directly; LMDB lets many processes read while daemon
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sys
 import time
@@ -195,6 +196,46 @@ def mount(context: Context, source: str | None, mountpoint: Path | None, branch:
             mountpoint.rmdir()
         raise
     click.echo(f"mounted branch {chosen.name} at {mountpoint}{note}")
+
+
+RESTORE_MARKER = Path(".cowfs") / "restore-on-start.json"
+
+
+@cli.command("open")
+@click.argument("snapshot")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), required=False)
+@click.pass_context
+def open_snapshot(ctx: click.Context, snapshot: str, directory: Path | None) -> None:
+    """Go back to a cell: mount SNAPSHOT as a new branch (default: beside its workspace, as
+    WORKSPACE-at-N), and the first kernel started there gets that moment's variables back."""
+    context: Context = ctx.obj
+    store = context.open_store(readonly=True)
+    try:
+        record = store.resolve_snapshot(snapshot)
+        has_variables = bool(record.meta.get("vars") or record.meta.get("vars_from"))
+        if directory is None:
+            directory = _beside_workspace(store, record)
+    finally:
+        store.close()
+    ctx.invoke(mount, source=record.name, mountpoint=directory, branch=None, allow_other=False, xattrs=False,
+               foreground=False, debug=False)
+    if has_variables:
+        marker = Path(os.path.realpath(directory)) / RESTORE_MARKER
+        marker.parent.mkdir(exist_ok=True)
+        marker.write_text(json.dumps({"snapshot": record.name}))
+        click.echo(f"the first IPython kernel started in {directory} restores the variables of {record.name}")
+
+
+def _beside_workspace(store: Store, record: SnapshotRecord) -> Path:
+    """WORKSPACE-at-N next to the mount of the snapshot's branch, else ./cowfs-at-N."""
+    for entry in cowfs_mounts():
+        try:
+            status = request(entry.mountpoint, {"op": "status"}, timeout=5)
+        except DaemonError:
+            continue
+        if status.get("store") == str(store.path) and status.get("branch_id") == record.branch:
+            return Path(f"{entry.mountpoint}-at-{record.id}")
+    return Path.cwd() / f"cowfs-at-{record.id}"
 
 
 def _check_mountpoint(mountpoint: Path) -> bool:

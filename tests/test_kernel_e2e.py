@@ -98,3 +98,24 @@ def test_unchanged_cells_cost_nothing(kernel_env):
     repeated = [s for s in snapshots if s["same_as"]]
     assert repeated, "snapshots with nothing changed in between share their epoch"
     assert all(s["bytes_added"] == 0 for s in repeated)
+
+
+def test_open_a_cell_and_the_first_kernel_there_has_its_variables(kernel_env):
+    """Issue 12's `cowfs open`: the files and the variables of a moment, with no magic typed."""
+    ws = kernel_env
+    mnt = ws.mount()
+    run_notebook(mnt, ["import pathlib\nrows = [1, 2, 3]\npathlib.Path('out.txt').write_text('first')",
+                       "rows.append(4)\npathlib.Path('out.txt').write_text('second')"])
+    ws.cli("snap", "--wait", str(mnt))
+    runs = json.loads(ws.cli("log", "--cells", "--json").stdout)
+    second = next(r for r in runs if r["first_line"] == "rows.append(4)")
+    opened = ws.cli("open", second["before"])
+    there = mnt.parent / f"mnt-at-{second['before'].lstrip('@')}"
+    ws.mounts.append(there)
+    assert f"restores the variables of {second['before']}" in opened.stdout
+    assert (there / "out.txt").read_text() == "first"
+    first_kernel = run_notebook(there, ["print(rows)"])
+    assert stdout_of(first_kernel.cells[0]).strip() == "[1, 2, 3]"
+    assert not (there / ".cowfs" / "restore-on-start.json").exists(), "only the first kernel restores"
+    later_kernel = run_notebook(there, ["print('rows' in dir())"])
+    assert stdout_of(later_kernel.cells[0]).strip() == "False"

@@ -13,6 +13,7 @@ resume quietly when the daemon comes back.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -294,6 +295,25 @@ def load_ipython_extension(ipython: Any) -> None:
     _active = CellSnapshots(ipython)
     _active.register()
     ipython.register_magic_function(lambda line: cowfs_magic(ipython, line), "line", "cowfs")
+    restore_on_start(ipython)
+
+
+def restore_on_start(shell: Any) -> None:
+    """`cowfs open` leaves a note in the branch it mounts: the first kernel started there takes
+    that moment's variables back, then removes the note (later kernels start clean; `%cowfs
+    restore` is there for them)."""
+    try:
+        marker = Path(mount_for(os.getcwd()).mountpoint) / ".cowfs" / "restore-on-start.json"
+        if not marker.is_file():
+            return
+        ref = json.loads(marker.read_text())["snapshot"]
+    except (DaemonError, OSError, ValueError, KeyError, TypeError):
+        return  # not in a mount, or no note: nothing to do
+    restore(shell, ref)
+    try:
+        marker.unlink()
+    except OSError:
+        pass
 
 
 def unload_ipython_extension(ipython: Any) -> None:
