@@ -606,11 +606,11 @@ class Tree:
                 buf[lo:lo + count] = view[pos - offset:pos - offset + count]
                 self.dirty_bytes += len(buf) - before
                 pos += count
-        if self.kernel_stamps_writes:
-            self.dirty_attrs[ino] = attrs.changed(size=max(attrs.size, end))
-        else:
+        if not self.kernel_stamps_writes:
             now = _now()
             self.dirty_attrs[ino] = attrs.changed(size=max(attrs.size, end), mtime_ns=now, ctime_ns=now)
+        elif end > attrs.size:  # a write inside the file changes no attribute the daemon keeps
+            self.dirty_attrs[ino] = attrs.changed(size=end)
         self.changed_inodes.add(ino)
         return len(data)
 
