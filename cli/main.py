@@ -198,9 +198,6 @@ def mount(context: Context, source: str | None, mountpoint: Path | None, branch:
     click.echo(f"mounted branch {chosen.name} at {mountpoint}{note}")
 
 
-RESTORE_MARKER = Path(".cowfs") / "restore-on-start.json"
-
-
 @cli.command("open")
 @click.argument("snapshot")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), required=False)
@@ -220,7 +217,9 @@ def open_snapshot(ctx: click.Context, snapshot: str, directory: Path | None) -> 
     ctx.invoke(mount, source=record.name, mountpoint=directory, branch=None, allow_other=False, xattrs=False,
                foreground=False, debug=False)
     if has_variables:
-        marker = Path(os.path.realpath(directory)) / RESTORE_MARKER
+        from cowfs.cli.kernel.vars_format import RESTORE_ON_START
+
+        marker = Path(os.path.realpath(directory)) / RESTORE_ON_START
         marker.parent.mkdir(exist_ok=True)
         marker.write_text(json.dumps({"snapshot": record.name}))
         click.echo(f"the first IPython kernel started in {directory} restores the variables of {record.name}")

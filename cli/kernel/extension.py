@@ -28,6 +28,7 @@ from cowfs.cli.client import DaemonError, mount_for, resolve_store_path, snapsho
 from cowfs.cli.kernel.namespace import install as track_namespace
 from cowfs.cli.kernel.restore import RestoreError, load_namespace
 from cowfs.cli.kernel.saver import NamespaceSaver
+from cowfs.cli.kernel.vars_format import RESTORE_ON_START
 from cowfs.daemon.addresses import MountEntry
 from cowfs.fs.errors import StoreError
 from cowfs.fs.store import Store
@@ -303,7 +304,7 @@ def restore_on_start(shell: Any) -> None:
     that moment's variables back, then removes the note (later kernels start clean; `%cowfs
     restore` is there for them)."""
     try:
-        marker = Path(mount_for(os.getcwd()).mountpoint) / ".cowfs" / "restore-on-start.json"
+        marker = Path(mount_for(os.getcwd()).mountpoint) / RESTORE_ON_START
         if not marker.is_file():
             return
         ref = json.loads(marker.read_text())["snapshot"]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import blake3
 
 VARS_ROOT = ".cowfs/vars"
+# Left by `cowfs open` in the branch it mounts: the first kernel started there restores it.
+RESTORE_ON_START = ".cowfs/restore-on-start.json"
 MANIFEST = "manifest.json"
 FORMAT = 2
 HASH_BLOCK = 256 * 1024  # two engine blocks: a changed value rewrites at most this much
