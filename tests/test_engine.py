@@ -336,3 +336,21 @@ def test_a_full_lmdb_map_grows_by_itself(tmp_path, monkeypatch):
     assert store.index.env.info()["map_size"] > 1 << 20
     assert tree.read(tree.lookup(ROOT_INODE, f"file-02999-{'x' * 100}".encode())[0], 0, 10) == b"2999"
     store.close()
+
+
+def test_diff_sees_a_same_size_rewrite_that_kept_mtime(store: Store):
+    """Under the daemon the kernel owns mtime, on a coarse clock: a rewrite within one tick
+    leaves every attribute as it was, and diff must still see it."""
+    from cowfs.fs.diff import diff_trees
+
+    tree = Tree(store, 1)
+    tree.kernel_stamps_writes = True
+    ino, _ = tree.create(ROOT_INODE, b"model.pkl", stat.S_IFREG | 0o644, 0, 0)
+    tree.write(ino, 0, b"a" * 1000)
+    first, _ = tree.snapshot()
+    tree.write(ino, 0, b"b" * 1000)
+    second, _ = tree.snapshot()
+    tree.flush()
+    assert Tree.at_snapshot(store, first).getattr(ino) == Tree.at_snapshot(store, second).getattr(ino)
+    changes = diff_trees(Tree.at_snapshot(store, first), Tree.at_snapshot(store, second))
+    assert [(c.path, c.kind) for c in changes] == [("model.pkl", "modified")]
