@@ -403,14 +403,18 @@ def _tree_at(store: Store, ref: str) -> tuple[SnapshotRecord, Tree]:
 @click.argument("after")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--all", "show_all", is_flag=True, help="Include cowfs's own .cowfs/ directory (saved variables).")
+@click.option("--walk", is_flag=True, help="Compare every path, even when the later snapshot named its changes.")
 @click.pass_obj
-def diff(context: Context, before: str, after: str, as_json: bool, show_all: bool) -> None:
+def diff(context: Context, before: str, after: str, as_json: bool, show_all: bool, walk: bool) -> None:
     """Paths added, removed or modified between two snapshots."""
-    from cowfs.fs.diff import diff_trees
+    from cowfs.fs.diff import diff_trees, snapshot_diff
 
     store = context.open_store(readonly=True)
     try:
-        changes = diff_trees(_tree_at(store, before)[1], _tree_at(store, after)[1])
+        if walk:
+            changes = diff_trees(_tree_at(store, before)[1], _tree_at(store, after)[1])
+        else:
+            changes = snapshot_diff(store, store.resolve_snapshot(before), store.resolve_snapshot(after))
     finally:
         store.close()
     if not show_all:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cowfs: {message}", file=sys.stderr)
         return 1
     raise_read_ahead(mountpoint)
-    daemon = Daemon(store, branch, tree, flusher, mountpoint, socket_path)
+    daemon = Daemon(store, branch, tree, flusher, mountpoint, socket_path, operations.changes)
     clean = False
     try:
         trio.run(daemon.run, ready_fd)

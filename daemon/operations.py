@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
 
+from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.flusher import Flusher
 from cowfs.fs.errors import CorruptChunkError, FsError
 from cowfs.fs.listing import DirListing
@@ -105,9 +106,9 @@ class CowOperations(pyfuse3.Operations):
         self.lookups: Counter[int] = Counter()
         self.nameless: set[int] = set()  # no names left, still held by the kernel (open files)
         self._open_dirs: dict[int, tuple[int, DirListing | None]] = {}
-        # The parent of each directory the kernel holds, for the ".." a listing shows. The
-        # engine keeps no parent links (a directory has one name, and the kernel found it).
-        self.parents: dict[int, int] = {pyfuse3.ROOT_INODE: pyfuse3.ROOT_INODE}
+        # The name of each inode the kernel holds (the engine keeps no parent links): for the
+        # ".." a listing shows, and to name what changed for the next snapshot.
+        self.changes = ChangedPaths()
         self._stored_blocks: dict[int, int] = {}  # of large files, until their data changes
         self._next_dir_handle = 1
 
@@ -130,12 +131,18 @@ class CowOperations(pyfuse3.Operations):
                 stored = self._stored_blocks[ino] = self.tree.stored_blocks(ino)
         return entry_attributes(ino, attrs, stored)
 
-    def _known(self, ino: int, attrs: InodeAttrs, parent: int) -> pyfuse3.EntryAttributes:
+    def _known(self, ino: int, attrs: InodeAttrs, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
         """Reply with an entry the kernel will now hold a reference to."""
         self.lookups[ino] += 1
-        if attrs.is_dir:
-            self.parents[ino] = parent
+        self.changes.named(ino, parent, name)
         return self._attributes(ino, attrs)
+
+    def _parent_of(self, directory: int) -> int:
+        return self.changes.names.get(directory, (directory,))[0]
+
+    def _changed(self, ino: int, attrs: InodeAttrs | None = None) -> None:
+        if ino not in self.changes.seen:
+            self.changes.inode_changed(ino, (attrs or self.tree.getattr(ino)).nlink)
 
     def _lost_a_name(self, ino: int, attrs: InodeAttrs) -> None:
         """An inode with no names and no kernel references is gone for good (its history stays);
@@ -159,7 +166,7 @@ class CowOperations(pyfuse3.Operations):
             # so each probe would come back here. Every change to this branch passes through this
             # mount's kernel, which replaces the negative entry when the name is created.
             return missing_entry()
-        return self._known(ino, attrs, parent_inode)
+        return self._known(ino, attrs, parent_inode, name)
 
     @translate_errors
     async def forget(self, inode_list) -> None:
@@ -168,8 +175,7 @@ class CowOperations(pyfuse3.Operations):
             if self.lookups[ino] <= 0:
                 del self.lookups[ino]
                 self._stored_blocks.pop(ino, None)
-                if ino != pyfuse3.ROOT_INODE:
-                    self.parents.pop(ino, None)
+                self.changes.forgotten(ino)
                 if ino in self.nameless:  # forgetting any other inode needs no look at the store
                     self.nameless.discard(ino)
                     self.tree.delete_inode(ino)
@@ -193,6 +199,8 @@ class CowOperations(pyfuse3.Operations):
         )
         if fields.update_size:
             self._stored_blocks.pop(inode, None)
+        if fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid:
+            self._changed(inode, attrs)  # times alone: the kernel's hand-over after writes seen already
         return self._attributes(inode, attrs)
 
     @translate_errors
@@ -203,7 +211,8 @@ class CowOperations(pyfuse3.Operations):
     async def _create(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
                       rdev: int = 0, target: bytes = b"") -> tuple[int, pyfuse3.EntryAttributes]:
         ino, attrs = self.tree.create(parent, name, mode, ctx.uid, ctx.gid, rdev, target)
-        return ino, self._known(ino, attrs, parent)
+        self.changes.entry_changed(parent, name)
+        return ino, self._known(ino, attrs, parent, name)
 
     @translate_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -229,30 +238,36 @@ class CowOperations(pyfuse3.Operations):
     @translate_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._known(inode, self.tree.link(inode, new_parent_inode, new_name), new_parent_inode)
+        attrs = self.tree.link(inode, new_parent_inode, new_name)
+        self.changes.entry_changed(new_parent_inode, new_name)
+        self._changed(inode, attrs)  # now with several names: the epoch cannot name all changes
+        return self._known(inode, attrs, new_parent_inode, new_name)
 
     @translate_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._lost_a_name(*self.tree.unlink(parent_inode, name))
+        self.changes.entry_changed(parent_inode, name)
 
     @translate_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._lost_a_name(*self.tree.unlink(parent_inode, name, directory=True))
+        self.changes.entry_changed(parent_inode, name)
 
     @translate_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
+        for parent, name in ((parent_inode_old, name_old), (parent_inode_new, name_new)):
+            self.changes.entry_changed(parent, name)  # named before the move changes the names
         replaced = self.tree.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
         if replaced is not None:
             self._lost_a_name(*replaced)
-        if parent_inode_old != parent_inode_new:  # a directory moved elsewhere has a new ".."
-            for parent, name in ((parent_inode_new, name_new), (parent_inode_old, name_old)):
-                try:
-                    moved, attrs = self.tree.lookup(parent, name)
-                except FsError:
-                    continue  # the old name is gone unless the two were exchanged
-                if attrs.is_dir and moved in self.parents:
-                    self.parents[moved] = parent
+        for parent, name in ((parent_inode_new, name_new), (parent_inode_old, name_old)):
+            try:
+                moved, _ = self.tree.lookup(parent, name)
+            except FsError:
+                continue  # the old name is gone unless the two were exchanged
+            if moved in self.changes.names:
+                self.changes.named(moved, parent, name)
 
     # -- file data -----------------------------------------------------------------------------------
     @translate_errors
@@ -266,6 +281,7 @@ class CowOperations(pyfuse3.Operations):
             # libfuse asks the kernel for atomic O_TRUNC: the truncation is ours to do, here.
             self.tree.setattr(inode, size=0)
             self._stored_blocks.pop(inode, None)
+            self._changed(inode, attrs)
         # Nothing but this daemon changes the tree, so cached pages stay valid across opens.
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
@@ -276,6 +292,7 @@ class CowOperations(pyfuse3.Operations):
     @translate_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self._stored_blocks.pop(fh, None)
+        self._changed(fh)
         written = self.tree.write(fh, off, buf)
         await self.flusher.throttle()
         return written
@@ -314,7 +331,7 @@ class CowOperations(pyfuse3.Operations):
             self._open_dirs[fh] = (inode, listing)
         for position in range(start_id, len(listing) + 2):
             if position < 2:
-                name, child = b"." * (position + 1), inode if position == 0 else self.parents.get(inode, inode)
+                name, child = b"." * (position + 1), inode if position == 0 else self._parent_of(inode)
             else:
                 name, child = listing[position - 2]
             try:
@@ -325,8 +342,7 @@ class CowOperations(pyfuse3.Operations):
                 return
             if position >= 2:  # the kernel takes no reference for "." and ".."
                 self.lookups[child] += 1
-                if attrs.is_dir:
-                    self.parents[child] = inode
+                self.changes.named(child, inode, name)
 
     async def releasedir(self, fh: int) -> None:
         self._open_dirs.pop(fh, None)
@@ -350,11 +366,13 @@ class CowOperations(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._require_xattrs()
         self.tree.setxattr(inode, name, value)
+        self._changed(inode)
 
     @translate_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._require_xattrs()
         self.tree.setxattr(inode, name, None)
+        self._changed(inode)
 
     # -- the filesystem as a whole -------------------------------------------------------------------
     @translate_errors

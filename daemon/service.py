@@ -17,6 +17,7 @@ import pyfuse3
 import trio
 
 from cowfs.daemon import control
+from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.control import RequestError
 from cowfs.daemon.flusher import Flusher
 from cowfs.fs.records import BranchRecord
@@ -36,6 +37,7 @@ class Daemon:
     flusher: Flusher
     mountpoint: Path
     socket_path: Path
+    changes: ChangedPaths = field(default_factory=ChangedPaths)
     started: float = field(default_factory=time.time)
     stop_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -76,7 +78,8 @@ class Daemon:
 
     async def snapshot(self, label: str, meta: dict, wait: bool):
         """Snapshot what has reached the daemon; the requester has synced the mount first."""
-        record, batch = self.tree.snapshot(label, meta)
+        # No await between the two: no request can slip between naming the changes and the cut.
+        record, batch = self.tree.snapshot(label, {**meta, "changed_paths": self.changes.take()})
         if batch is None:  # nothing changed: shares the previous snapshot's epoch
             if wait:
                 await self.flusher.flush(durable=True)

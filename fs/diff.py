@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
-from cowfs.fs.records import InodeAttrs
+from cowfs.fs.records import InodeAttrs, SnapshotRecord
+from cowfs.fs.store import Store
 from cowfs.fs.tree import Tree
 
 
@@ -31,7 +33,41 @@ def same_content(a: Tree, ino_a: int, attrs_a: InodeAttrs, b: Tree, ino_b: int, 
 
 
 def diff_trees(before: Tree, after: Tree) -> list[Change]:
-    old, new = _index(before), _index(after)
+    return _compare(before, after, _index(before), _index(after))
+
+
+def diff_paths(before: Tree, after: Tree, paths: Iterable[str]) -> list[Change]:
+    """``diff_trees`` restricted to ``paths`` and everything below those that are directories
+    (a directory made, removed or moved changes all it holds): what a snapshot that named its
+    changes costs to compare with the one before it, whatever the size of the workspace."""
+    old: dict[bytes, tuple[int, InodeAttrs]] = {}
+    new: dict[bytes, tuple[int, InodeAttrs]] = {}
+    for text in paths:
+        path = text.encode("utf-8", "surrogateescape")
+        for tree, found in ((before, old), (after, new)):
+            hit = tree.resolve(path)
+            if hit is None:
+                continue
+            found[path] = hit
+            if hit[1].is_dir:
+                found.update((sub, (ino, attrs)) for sub, ino, attrs in tree.walk(hit[0], path))
+    return _compare(before, after, old, new)
+
+
+def snapshot_diff(store: Store, before: SnapshotRecord, after: SnapshotRecord) -> list[Change]:
+    """Two snapshots' differences: from the paths the later one recorded as changed when it
+    directly follows the other on its branch, else by walking both trees."""
+    tree_before, tree_after = Tree.at_snapshot(store, before), Tree.at_snapshot(store, after)
+    if before.branch == after.branch and before.epoch == after.epoch:
+        return []  # nothing changed in between: the later one shares the earlier one's epoch
+    named = after.meta.get("changed_paths")
+    if before.branch == after.branch and after.epoch == before.epoch + 1 and isinstance(named, list):
+        return diff_paths(tree_before, tree_after, named)
+    return diff_trees(tree_before, tree_after)
+
+
+def _compare(before: Tree, after: Tree, old: dict[bytes, tuple[int, InodeAttrs]],
+             new: dict[bytes, tuple[int, InodeAttrs]]) -> list[Change]:
     changes = []
     for path in sorted(old.keys() | new.keys()):
         name = path.decode("utf-8", "surrogateescape")
