@@ -132,7 +132,14 @@ def test_sigusr1_takes_a_snapshot(workspace):
             break
         time.sleep(0.05)
     record = json.loads(workspace.cli("log", "--json").stdout)[0]
-    assert record["meta"] == {"trigger": "SIGUSR1"}
+    # The first snapshot of a daemon cannot name its changes (an earlier daemon may have made some).
+    assert record["meta"] == {"trigger": "SIGUSR1", "changed_paths": None}
+    (mnt / "g").write_text("y")
+    os.kill(workspace.daemon_pid(mnt), signal.SIGUSR1)
+    while len(json.loads(workspace.cli("log", "--json").stdout)) < 2 and time.monotonic() < deadline + 10:
+        time.sleep(0.05)
+    assert json.loads(workspace.cli("log", "--json").stdout)[0]["meta"] == {"trigger": "SIGUSR1",
+                                                                            "changed_paths": ["g"]}
 
 
 def test_same_data_in_two_files_and_two_branches_is_stored_once(workspace):
