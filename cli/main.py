@@ -761,13 +761,14 @@ def remote_gc(context: Context, remote_name: str, grace: str, dry_run: bool, as_
 def push(context: Context, remote_name: str, snapshots: tuple[str, ...], branch: str | None, as_json: bool) -> None:
     """Send snapshots (default: every durable one of the branch) and the chunks the remote lacks."""
     from cowfs.cli.remote import push as push_snapshots
+    from cowfs.fs.history import is_durable
 
     def send(store: Store, config, progress):
         if snapshots:
             records = [store.resolve_snapshot(ref) for ref in snapshots]
         else:
             wanted = store.branch_named(branch or _current_branch(store)).id
-            records = [r for r in store.snapshots() if r.branch == wanted and r.durable]
+            records = [r for r in store.snapshots() if r.branch == wanted and is_durable(store, r)]
         return push_snapshots(store, config, records, progress)
 
     report = _exchange(context, remote_name, as_json, send)

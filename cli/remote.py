@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 from cowfs.fs.chunks import SealedChunk, digest_of, unseal
 from cowfs.fs.errors import StoreError
+from cowfs.fs.history import is_durable
 from cowfs.fs.keys import DB_CHUNKS
 from cowfs.fs.packs import HEADER, record_header
 from cowfs.fs.progress import Progress, silent
@@ -334,7 +335,7 @@ def _push(store: Store, bucket: Bucket, records: Iterable[SnapshotRecord], progr
         if name in there:
             report.already_there.append(record.name)
             continue
-        if not record.durable:
+        if not is_durable(store, record):
             raise StoreError(f"snapshot {record.name} is not durable yet; `cowfs snap --wait` or wait a moment")
         progress(f"pushing {record.name}", 0, 0)
         objects = snapshot_objects(Tree.at_snapshot(store, record))
@@ -447,8 +448,8 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     progress(f"pulling {document['id']}: files", 0, 0)
     report.files = materialize(tree, bytes.fromhex(document["root"]), fetch_tree, fetch_data)
     tree.flush()
-    meta = dict(document["meta"]) | {"remote_id": document["id"], "remote": config.name,
-                                     "pulled_from": document["source"]}
+    meta = {key: value for key, value in document["meta"].items() if key != "changed_paths"}  # of its source
+    meta |= {"remote_id": document["id"], "remote": config.name, "pulled_from": document["source"]}
     tree.snapshot(document["label"], meta)
     tree.flush()
     store.sync()
