@@ -59,7 +59,7 @@ def test_named_changes_give_the_walks_answer(workspace):
         for j in range(20):
             (mnt / f"base{i}" / f"f{j}").write_bytes(os.urandom(rng.randrange(1, 50_000)))
     snapshots = [workspace.snap(mnt, "start")]
-    for step in range(80):
+    for step in range(50):
         for _ in range(rng.randrange(1, 4)):
             random_step(rng, mnt)
         if step % 17 == 5:
@@ -73,4 +73,4 @@ def test_named_changes_give_the_walks_answer(workspace):
         walked = json.loads(workspace.cli("diff", "--json", "--all", "--walk", before["id"], after["id"]).stdout)
         assert fast == walked, (before["id"], after["id"], by_id[after["id"]]["meta"].get("changed_paths"))
         named += isinstance(by_id[after["id"]]["meta"].get("changed_paths"), list)
-    assert named >= 60, f"only {named} of 80 snapshots named their changes"
+    assert named >= 35, f"only {named} of 50 snapshots named their changes"
