@@ -404,28 +404,31 @@ def _tree_at(store: Store, ref: str) -> tuple[SnapshotRecord, Tree]:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--all", "show_all", is_flag=True, help="Include cowfs's own .cowfs/ directory (saved variables).")
 @click.option("--walk", is_flag=True, help="Compare every path, even when the later snapshot named its changes.")
+@click.option("--patch", is_flag=True, help="Show a unified diff of each small text file that changed.")
 @click.pass_obj
-def diff(context: Context, before: str, after: str, as_json: bool, show_all: bool, walk: bool) -> None:
+def diff(context: Context, before: str, after: str, as_json: bool, show_all: bool, walk: bool,
+         patch: bool) -> None:
     """Paths added, removed or modified between two snapshots."""
-    from cowfs.fs.diff import diff_trees, snapshot_diff
+    from cowfs.fs.diff import diff_trees, snapshot_diff, text_patch
 
     store = context.open_store(readonly=True)
     try:
-        if walk:
-            changes = diff_trees(_tree_at(store, before)[1], _tree_at(store, after)[1])
-        else:
-            changes = snapshot_diff(store, store.resolve_snapshot(before), store.resolve_snapshot(after))
+        (old, tree_before), (new, tree_after) = _tree_at(store, before), _tree_at(store, after)
+        changes = diff_trees(tree_before, tree_after) if walk else snapshot_diff(store, old, new)
+        if not show_all:
+            changes = [c for c in changes if c.path != ".cowfs" and not c.path.startswith(".cowfs/")]
+        patches = {c.path: text_patch(tree_before, tree_after, c) for c in changes} if patch else {}
     finally:
         store.close()
-    if not show_all:
-        changes = [c for c in changes if c.path != ".cowfs" and not c.path.startswith(".cowfs/")]
     if as_json:
-        emit_json([change.__dict__ for change in changes])
+        emit_json([change.__dict__ | ({"patch": patches[change.path]} if patch else {}) for change in changes])
         return
     marks = {"added": "+", "removed": "-", "modified": "M"}
     for change in changes:
         sizes = f"{human_size(change.size_before)} -> {human_size(change.size_after)}"
         click.echo(f"{marks[change.kind]} {change.path}  ({sizes})")
+        if patches.get(change.path):
+            click.echo(patches[change.path].rstrip("\n"))
 
 
 def _directory_bytes(path: Path) -> int:

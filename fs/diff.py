@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -78,3 +79,28 @@ def _compare(before: Tree, after: Tree, old: dict[bytes, tuple[int, InodeAttrs]]
         elif not same_content(before, *old[path], after, *new[path]):
             changes.append(Change(name, "modified", old[path][1].size, new[path][1].size))
     return changes
+
+
+TEXT_PATCH_MAX = 256 * 1024  # larger files are data, not something to read as a patch
+
+
+def text_patch(before: Tree, after: Tree, change: Change, limit: int = TEXT_PATCH_MAX) -> str | None:
+    """A unified diff of a small text file's two versions; None for directories, links, binary
+    or large files."""
+    sides = []
+    for tree, size in ((before, change.size_before), (after, change.size_after)):
+        if size is None:
+            sides.append(b"")
+            continue
+        hit = tree.resolve(change.path.encode("utf-8", "surrogateescape"))
+        if hit is None or not hit[1].is_reg or hit[1].size > limit:
+            return None
+        sides.append(tree.read(hit[0], 0, hit[1].size))
+    try:
+        old, new = (side.decode("utf-8") for side in sides)
+    except UnicodeDecodeError:
+        return None
+    if "\0" in old or "\0" in new:
+        return None
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                        f"a/{change.path}", f"b/{change.path}"))

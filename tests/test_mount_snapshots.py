@@ -184,6 +184,24 @@ def test_diff_lists_added_removed_modified(workspace):
     assert changes == {"add": "added", "change": "modified", "remove": "removed"}
 
 
+def test_diff_patch_shows_small_text_files_line_by_line(workspace):
+    mnt = workspace.mount()
+    (mnt / "clean.py").write_text("rows = load()\nrows = rows.dropna()\nprint(len(rows))\n")
+    (mnt / "model.bin").write_bytes(bytes(range(256)) * 10)
+    (mnt / "big.csv").write_text("a,b\n" * 100_000)
+    workspace.snap(mnt, "a")
+    (mnt / "clean.py").write_text("rows = load()\nrows = rows.fillna(0)\nprint(len(rows))\n")
+    (mnt / "model.bin").write_bytes(bytes(range(255, -1, -1)) * 10)
+    (mnt / "big.csv").write_text("a,b\n" * 100_001)
+    workspace.snap(mnt, "b")
+    patches = {c["path"]: c["patch"] for c in json.loads(workspace.cli("diff", "a", "b", "--json", "--patch").stdout)}
+    assert patches["clean.py"].splitlines()[2:] == ["@@ -1,3 +1,3 @@", " rows = load()", "-rows = rows.dropna()",
+                                                    "+rows = rows.fillna(0)", " print(len(rows))"]
+    assert patches["model.bin"] is None and patches["big.csv"] is None  # binary, and too big to read
+    shown = workspace.cli("diff", "a", "b", "--patch").stdout
+    assert "M clean.py" in shown and "+rows = rows.fillna(0)" in shown
+
+
 def test_real_tools_through_the_mount(workspace, tmp_path):
     mnt = workspace.mount()
     source = Path(os.__file__).parent / "json"
