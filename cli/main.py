@@ -414,7 +414,7 @@ def diff(context: Context, before: str, after: str, as_json: bool, show_all: boo
     store = context.open_store(readonly=True)
     try:
         (old, tree_before), (new, tree_after) = _tree_at(store, before), _tree_at(store, after)
-        changes = diff_trees(tree_before, tree_after) if walk else snapshot_diff(store, old, new)
+        changes = diff_trees(tree_before, tree_after) if walk else snapshot_diff(old, tree_before, new, tree_after)
         if not show_all:
             changes = [c for c in changes if c.path != ".cowfs" and not c.path.startswith(".cowfs/")]
         patches = {c.path: text_patch(tree_before, tree_after, c) for c in changes} if patch else {}

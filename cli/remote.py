@@ -134,15 +134,7 @@ class Bucket:
             raise StoreError(f"remote {self.name}: cannot reach the object store ({exc})") from None
 
     def names(self, kind: str) -> list[str]:
-        prefix = self._key(kind, "")
-        found: list[str] = []
-
-        def listing() -> None:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                found.extend(item["Key"][len(prefix):] for item in page.get("Contents", []))
-
-        self._call(f"listing {prefix}", listing)
-        return found
+        return list(self.objects(kind))
 
     def objects(self, kind: str) -> dict[str, tuple[float, int]]:
         """Each object's age in seconds (by the object store's clock) and size."""
@@ -386,8 +378,10 @@ def coalesced_ranges(wanted: list[tuple[bytes, ChunkLocation]]) -> Iterator[list
         yield group
 
 
-def fetch_chunks(bucket: Bucket, index: RemoteIndex, digests: Iterable[bytes]) -> Iterator[SealedChunk]:
-    """Download chunks (adjacent ones of a pack together), each verified against its hash."""
+def fetch_chunks(bucket: Bucket, index: RemoteIndex,
+                 digests: Iterable[bytes]) -> Iterator[tuple[SealedChunk, bytes]]:
+    """Download chunks (adjacent ones of a pack together), each verified against its hash:
+    the chunk as stored, and its bytes."""
     by_pack: dict[str, list[tuple[bytes, ChunkLocation]]] = {}
     for digest in digests:
         if digest not in index.chunks:
@@ -402,8 +396,20 @@ def fetch_chunks(bucket: Bucket, index: RemoteIndex, digests: Iterable[bytes]) -
             body = bucket.get("packs", pack, first, last)
             for digest, location in group:
                 payload = body[location.offset - first:location.offset - first + location.stored_len]
-                unseal(digest, payload, location.raw_len, f"remote pack {pack}")  # raises if damaged
-                yield SealedChunk(digest, payload, location.raw_len)
+                data = unseal(digest, payload, location.raw_len, f"remote pack {pack}")  # raises if damaged
+                yield SealedChunk(digest, payload, location.raw_len), data
+
+
+def tree_reader(bucket: Bucket, index: RemoteIndex) -> Callable[[bytes], bytes]:
+    """Tree objects by digest, each downloaded once."""
+    trees: dict[bytes, bytes] = {}
+
+    def fetch_tree(digest: bytes) -> bytes:
+        if digest not in trees:
+            trees[digest] = next(fetch_chunks(bucket, index, [digest]))[1]
+        return trees[digest]
+
+    return fetch_tree
 
 
 def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = silent) -> PullReport:
@@ -416,20 +422,13 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
             raise StoreError(f"snapshot {document['id']} is here already, as {record.name}; "
                              f"`cowfs mount {record.name} DIR` opens it")
     index = RemoteIndex.load(bucket, index_cache(store, bucket))
-    trees: dict[bytes, bytes] = {}
-
-    def fetch_tree(digest: bytes) -> bytes:
-        if digest not in trees:
-            trees[digest] = unseal(digest, *next(
-                (c.payload, c.raw_len) for c in fetch_chunks(bucket, index, [digest])), f"remote {config.name}")
-        return trees[digest]
-
+    fetch_tree = tree_reader(bucket, index)
     needed = {digest for kind, digest in tree_digests(bytes.fromhex(document["root"]), fetch_tree) if kind == "data"}
     chunks_db = store.index.db(DB_CHUNKS)
     with store.index.reading() as txn:
         missing = sorted(d for d in needed if txn.get(d, db=chunks_db) is None)
     batch: list[SealedChunk] = []
-    for done, chunk in enumerate(fetch_chunks(bucket, index, missing)):
+    for done, (chunk, _) in enumerate(fetch_chunks(bucket, index, missing)):
         progress(f"pulling {document['id']}: chunks", done, len(missing))
         batch.append(chunk)
         if sum(c.raw_len for c in batch) >= PACK_TARGET:
@@ -495,14 +494,7 @@ def collect_remote_garbage(config: RemoteConfig, grace_seconds: float, dry_run: 
         snapshots = remote_snapshots(bucket)
         report.snapshots = len(snapshots)
         index = RemoteIndex.load(bucket)
-        trees: dict[bytes, bytes] = {}
-
-        def fetch_tree(digest: bytes) -> bytes:
-            if digest not in trees:
-                chunk = next(fetch_chunks(bucket, index, [digest]))
-                trees[digest] = unseal(digest, chunk.payload, chunk.raw_len, f"remote {config.name}")
-            return trees[digest]
-
+        fetch_tree = tree_reader(bucket, index)
         live: set[bytes] = set()
         for done, snapshot in enumerate(snapshots):
             progress("walking remote snapshots", done, len(snapshots))
@@ -526,7 +518,7 @@ def collect_remote_garbage(config: RemoteConfig, grace_seconds: float, dry_run: 
             if dry_run:
                 continue
             if kept:  # the live chunks move to a new pack, indexed, before the old one goes
-                for chunk in fetch_chunks(bucket, index, sorted(kept)):
+                for chunk, _ in fetch_chunks(bucket, index, sorted(kept)):
                     uploader.add(chunk.digest, chunk.payload, chunk.raw_len)
                 uploader.finish()
                 report.packs_rewritten += 1

@@ -10,7 +10,8 @@ made before this daemon started), the epoch is marked unknown and diff walks, as
 
 from __future__ import annotations
 
-ROOT = 1
+from cowfs.fs.store import ROOT_INODE
+
 MAX_PATHS = 1000  # a cell's worth; beyond it diff walks, and the snapshot record stays small
 MAX_DEPTH = 4096
 
@@ -31,7 +32,7 @@ class ChangedPaths:
     def path(self, ino: int) -> bytes | None:
         parts = []
         for _ in range(MAX_DEPTH):
-            if ino == ROOT:
+            if ino == ROOT_INODE:
                 return b"/".join(reversed(parts))
             known = self.names.get(ino)
             if known is None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from cowfs.fs.records import InodeAttrs, SnapshotRecord
-from cowfs.fs.store import Store
 from cowfs.fs.tree import Tree
 
 
@@ -55,16 +54,22 @@ def diff_paths(before: Tree, after: Tree, paths: Iterable[str]) -> list[Change]:
     return _compare(before, after, old, new)
 
 
-def snapshot_diff(store: Store, before: SnapshotRecord, after: SnapshotRecord) -> list[Change]:
-    """Two snapshots' differences: from the paths the later one recorded as changed when it
-    directly follows the other on its branch, else by walking both trees."""
-    tree_before, tree_after = Tree.at_snapshot(store, before), Tree.at_snapshot(store, after)
-    if before.branch == after.branch and before.epoch == after.epoch:
+def named_changes(before: SnapshotRecord, after: SnapshotRecord) -> list[str] | None:
+    """The paths that can differ between two snapshots, when their records say (None: walk)."""
+    if before.branch != after.branch:
+        return None
+    if before.epoch == after.epoch:
         return []  # nothing changed in between: the later one shares the earlier one's epoch
     named = after.meta.get("changed_paths")
-    if before.branch == after.branch and after.epoch == before.epoch + 1 and isinstance(named, list):
-        return diff_paths(tree_before, tree_after, named)
-    return diff_trees(tree_before, tree_after)
+    return named if after.epoch == before.epoch + 1 and isinstance(named, list) else None
+
+
+def snapshot_diff(before: SnapshotRecord, tree_before: Tree, after: SnapshotRecord,
+                  tree_after: Tree) -> list[Change]:
+    """Two snapshots' differences: from the paths the later one recorded as changed when it
+    directly follows the other on its branch, else by walking both trees."""
+    named = named_changes(before, after)
+    return diff_trees(tree_before, tree_after) if named is None else diff_paths(tree_before, tree_after, named)
 
 
 def _compare(before: Tree, after: Tree, old: dict[bytes, tuple[int, InodeAttrs]],

@@ -104,17 +104,22 @@ class Store:
         txn.put(branch.name.encode(), U32.pack(branch.id), db=index.db(DB_BRANCH_NAMES))
         versions.put(txn, index.db(DB_INODES), branch.id, FIRST_EPOCH, ROOT_INODE, b"", root.encode())
 
+    def _free_branch_name(self, txn: lmdb.Transaction, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``... : the first no branch has."""
+        names = self.index.db(DB_BRANCH_NAMES)
+        chosen, n = base, 1
+        while txn.get(chosen.encode(), db=names) is not None:
+            n += 1
+            chosen = f"{base}-{n}"
+        return chosen
+
     def new_empty_branch(self, base_name: str) -> BranchRecord:
         """A new branch with nothing in common with the others (a pulled snapshot is built on
         one); named ``base_name``, or with a number added when that name is taken."""
         check_branch_name(base_name)
-        names = self.index.db(DB_BRANCH_NAMES)
 
         def create(txn: lmdb.Transaction) -> BranchRecord:
-            chosen, n = base_name, 1
-            while txn.get(chosen.encode(), db=names) is not None:
-                n += 1
-                chosen = f"{base_name}-{n}"
+            chosen = self._free_branch_name(txn, base_name)
             branch = BranchRecord(self._take(txn, b"next_branch"), chosen, FIRST_EPOCH, None, time.time())
             self._put_root_branch(self.index, txn, branch)
             return branch
@@ -193,11 +198,7 @@ class Store:
         def create(txn: lmdb.Transaction) -> BranchRecord:
             chosen = name
             if chosen is None:
-                base = f"from-{snapshot.id}"
-                chosen, n = base, 1
-                while txn.get(chosen.encode(), db=names) is not None:
-                    n += 1
-                    chosen = f"{base}-{n}"
+                chosen = self._free_branch_name(txn, f"from-{snapshot.id}")
             elif txn.get(chosen.encode(), db=names) is not None:
                 raise StoreError(f"a branch named {chosen!r} exists already; choose another --branch name")
             branch = BranchRecord(self._take(txn, b"next_branch"), chosen, FIRST_EPOCH,

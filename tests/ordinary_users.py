@@ -95,6 +95,9 @@ class User:
     def python(self, code: str, **kwargs) -> subprocess.CompletedProcess:
         return self.run(str(VENV / "bin" / "python"), "-c", code, **kwargs)
 
+    def python_script(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run(str(VENV / "bin" / "python"), *args, **kwargs)
+
     def own_mounts(self) -> list[str]:
         return [entry.mountpoint for entry in mounts() if entry.owner == self.uid]
 

@@ -208,7 +208,7 @@ def test_kernel_extension_as_an_ordinary_user(ann):
     ok(ann.cowfs("kernel", "install"))
     script = ann.home / "notebook.py"
     script.write_text(NOTEBOOK_SCRIPT)
-    ok(ann.run(str(Path(ann.env()["PATH"].split(":")[0]) / "python"), str(script), str(work),
+    ok(ann.python_script(str(script), str(work),
                "import pathlib\nrows = list(range(5))\npathlib.Path('out.txt').write_text('one')",
                "rows.append(99)\npathlib.Path('out.txt').write_text('two')", timeout=180))
     ok(ann.cowfs("snap", "--wait", str(work)))
@@ -217,7 +217,7 @@ def test_kernel_extension_as_an_ordinary_user(ann):
     assert {r["variables"] for r in runs} == {"complete"}
     before_second = runs[0]["before"]
     ok(ann.cowfs("mount", before_second, str(back)))
-    outputs = json.loads(ok(ann.run(str(Path(ann.env()["PATH"].split(":")[0]) / "python"), str(script), str(back),
+    outputs = json.loads(ok(ann.python_script(str(script), str(back),
                                     f"%cowfs restore {before_second}", "print(rows, open('out.txt').read())",
                                     timeout=180)))
     assert outputs[1].strip() == "[0, 1, 2, 3, 4] one"
@@ -267,7 +267,7 @@ s = send(json.dumps({{"op": "status"}}).encode() + b'\\n', read=False)
 s.shutdown(socket.SHUT_WR)
 print(s.recv(65536).decode().strip())
 """
-    reply = ok(ann.run(str(Path(ann.env()["PATH"].split(":")[0]) / "python"), "-c", fuzz, timeout=120))
+    reply = ok(ann.python_script("-c", fuzz, timeout=120))
     assert json.loads(reply.splitlines()[-1])["ok"] is True
     ok(ann.run("sh", "-c", f"echo still > {work}/after-fuzz"))
     ok(ann.cowfs("snap", "--wait", str(work)))
