@@ -333,20 +333,10 @@ def log(context: Context, as_json: bool, limit: int, branch: str | None, cells: 
 
 
 def _log_cells(store: Store, runs: list[CellRun], names: dict[int, str], as_json: bool) -> None:
-    from cowfs.fs.history import files_changed, variables_state
+    from cowfs.fs.history import cell_row
 
     by_name = {r.name: r for r in store.snapshots()}
-    rows = []
-    for run in runs:
-        meta = run.meta
-        rows.append({
-            "before": run.before.name if run.before else None, "after": run.after.name,
-            "time": run.after.created, "branch": names.get(run.after.branch), "notebook": meta.get("notebook"),
-            "cell_id": meta.get("cell_id"), "execution_count": meta.get("execution_count"),
-            "first_line": meta.get("first_line", ""), "success": meta.get("success"), "error": meta.get("error"),
-            "files_changed": files_changed(store, run.after), "bytes_added": run.after.bytes_added,
-            "variables": variables_state(store, run.after, by_name),
-        })
+    rows = [cell_row(store, run, names, by_name) for run in runs]
     if as_json:
         emit_json(rows)
         return
@@ -560,6 +550,22 @@ def _set_pin(context: Context, ref: str, pinned: bool) -> None:
     finally:
         store.close()
     click.echo(f"{record.name} {'pinned' if pinned else 'unpinned'}")
+
+
+@cli.command()
+@click.argument("snapshot")
+@click.argument("text")
+@click.pass_obj
+def label(context: Context, snapshot: str, text: str) -> None:
+    """Give SNAPSHOT a label to find it by (`cowfs mount TEXT DIR`); an empty TEXT removes it."""
+    from cowfs.fs.retention import set_label
+
+    store = context.open_store()
+    try:
+        record = set_label(store, store.resolve_snapshot(snapshot), text)
+    finally:
+        store.close()
+    click.echo(f"{record.name} labelled {record.label!r}" if record.label else f"{record.name}: label removed")
 
 
 @cli.command()

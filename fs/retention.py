@@ -101,6 +101,14 @@ def remove_snapshots(store: Store, records: list[SnapshotRecord], force_pinned: 
 
 
 def set_pinned(store: Store, record: SnapshotRecord, pinned: bool) -> SnapshotRecord:
-    updated = replace(record, pinned=pinned)
+    return _rewrite(store, replace(record, pinned=pinned))
+
+
+def set_label(store: Store, record: SnapshotRecord, label: str) -> SnapshotRecord:
+    """A label is how a person finds a snapshot again (`cowfs mount before-svm ...`)."""
+    return _rewrite(store, replace(record, label=label.strip()))
+
+
+def _rewrite(store: Store, updated: SnapshotRecord) -> SnapshotRecord:
     store.index.write(lambda txn: store.put_snapshot(txn, updated))
     return updated

@@ -260,10 +260,25 @@ class Store:
     def put_snapshot(self, txn: lmdb.Transaction, record: SnapshotRecord) -> None:
         txn.put(str(record.id).encode(), record.encode(), db=self.index.db(DB_SNAPSHOTS))
 
-    def snapshots(self) -> list[SnapshotRecord]:
+    def snapshots_version(self) -> tuple[int, int]:
+        """Changes whenever any snapshot record may have (LMDB's last transaction id, which
+        every write moves): a cache of the log keyed by it is never stale."""
+        info = self.index.env.info()
+        return info["last_txnid"], info["map_size"]
+
+    def snapshots(self, decoded: dict[bytes, SnapshotRecord] | None = None) -> list[SnapshotRecord]:
+        """Every snapshot, oldest first. A poller passes ``decoded`` (raw record to record) to
+        decode only records that are new or changed since its last call; it is updated in place."""
+        if decoded is None:
+            with self.index.reading() as txn:
+                records = [SnapshotRecord.decode(v) for _, v in txn.cursor(db=self.index.db(DB_SNAPSHOTS))]
+            return sorted(records, key=lambda r: r.id)
         with self.index.reading() as txn:
-            records = [SnapshotRecord.decode(v) for _, v in txn.cursor(db=self.index.db(DB_SNAPSHOTS))]
-        return sorted(records, key=lambda r: r.id)
+            raws = [bytes(v) for _, v in txn.cursor(db=self.index.db(DB_SNAPSHOTS))]
+        fresh = {raw: decoded.get(raw) or SnapshotRecord.decode(raw) for raw in raws}
+        decoded.clear()
+        decoded.update(fresh)
+        return sorted(fresh.values(), key=lambda r: r.id)
 
     def snapshot_in(self, txn: lmdb.Transaction, snapshot_id: int) -> SnapshotRecord | None:
         raw = txn.get(str(snapshot_id).encode(), db=self.index.db(DB_SNAPSHOTS))
