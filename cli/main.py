@@ -400,13 +400,14 @@ def diff(context: Context, before: str, after: str, as_json: bool, show_all: boo
          patch: bool) -> None:
     """Paths added, removed or modified between two snapshots."""
     from cowfs.fs.diff import diff_trees, snapshot_diff, text_patch
+    from cowfs.fs.history import is_cowfs_own
 
     store = context.open_store(readonly=True)
     try:
         (old, tree_before), (new, tree_after) = _tree_at(store, before), _tree_at(store, after)
         changes = diff_trees(tree_before, tree_after) if walk else snapshot_diff(old, tree_before, new, tree_after)
         if not show_all:
-            changes = [c for c in changes if c.path != ".cowfs" and not c.path.startswith(".cowfs/")]
+            changes = [c for c in changes if not is_cowfs_own(c.path)]
         patches = {c.path: text_patch(tree_before, tree_after, c) for c in changes} if patch else {}
     finally:
         store.close()

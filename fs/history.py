@@ -74,10 +74,16 @@ def variables_state(store: Store, record: SnapshotRecord, by_name: dict[str, Sna
 
 
 def files_changed(store: Store, record: SnapshotRecord) -> int:
-    """How many files (not directories) the epoch closed by ``record`` changed or removed."""
+    """How many files (not directories) the epoch closed by ``record`` changed or removed: the
+    user's files, when the snapshot named its paths (cowfs's own ``.cowfs/``, where the kernel
+    keeps variables, is not theirs); else every changed inode, counted from the record."""
     if record.same_as is not None:
         return 0
     tree = Tree.at_snapshot(store, record)
+    named = record.meta.get("changed_paths")
+    if isinstance(named, list):
+        hits = (tree.resolve(path.encode("utf-8", "surrogateescape")) for path in named if not is_cowfs_own(path))
+        return sum(hit is None or not hit[1].is_dir for hit in hits)
     count = record.changed_count - len(record.changed_inodes)  # beyond the cap: counted as files
     for ino in record.changed_inodes:
         try:
@@ -85,6 +91,11 @@ def files_changed(store: Store, record: SnapshotRecord) -> int:
         except OSError:
             count += 1  # removed in that epoch
     return count
+
+
+def is_cowfs_own(path: str) -> bool:
+    """Paths under ``.cowfs/`` are cowfs's (saved variables, notes), not the user's work."""
+    return path == ".cowfs" or path.startswith(".cowfs/")
 
 
 def cell_row(store: Store, run: CellRun, branch_names: dict[int, str],

@@ -204,3 +204,19 @@ def bob(ordinary_users):
     ordinary_users[1].clean_up()
     yield ordinary_users[1]
     ordinary_users[1].clean_up()
+
+
+@pytest.fixture
+def lab(kernel_env, tmp_path):
+    """A mount holding a notebook, and `jupyter lab` serving the directory above the mount
+    (so branches opened beside it are served too); the server stops before the mount goes."""
+    from lab_server import start_lab, write_notebook
+
+    mnt = kernel_env.mount()
+    write_notebook(mnt / "analysis.ipynb")
+    server = start_lab(tmp_path, tmp_path / "jupyter")
+    try:
+        yield kernel_env, mnt, server
+    finally:
+        server.stop()
+        kernel_env.mounts.extend(tmp_path.glob("mnt-at-*"))

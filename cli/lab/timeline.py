@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cowfs.cli.client import DaemonError, mount_for, request
 from cowfs.fs.errors import StoreError
-from cowfs.fs.history import CellRun, cell_row, cell_runs
+from cowfs.fs.history import CellRun, cell_row, cell_runs, is_cowfs_own
 from cowfs.fs.records import SnapshotRecord
 from cowfs.fs.store import Store
 
@@ -137,8 +137,7 @@ def changes(workspace: Workspace, before: str | None, after: str) -> dict:
             return {"before": None, "after": new.name, "changes": [], "total": 0,
                     "note": "the first snapshot of this branch: nothing before it to compare with"}
         tree_before, tree_after = Tree.at_snapshot(store, old), Tree.at_snapshot(store, new)
-        found = [c for c in snapshot_diff(old, tree_before, new, tree_after)
-                 if c.path != ".cowfs" and not c.path.startswith(".cowfs/")]
+        found = [c for c in snapshot_diff(old, tree_before, new, tree_after) if not is_cowfs_own(c.path)]
         listed = []
         for number, change in enumerate(found[:CHANGES_LISTED]):
             patch = text_patch(tree_before, tree_after, change) if number < PATCHES_SHOWN else None
