@@ -5,6 +5,7 @@ files and variables. Screenshots of each step go to tests/artifacts/lab-panel/."
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -48,15 +49,15 @@ def test_panel_shows_cells_and_opens_the_moment_before_one(lab):
             page = context.new_page()
             page.goto(f"{server.url}/lab/tree/mnt/analysis.ipynb?token={server.token}")
             wait_for_kernel(page)
-            for index in range(3):
-                run_cell(page, index, index + 1)
-            expect(page.locator(".jp-Cell").nth(2).locator(".jp-OutputArea-output")).to_contain_text("state: 2 two")
-            shoot(page, "1-notebook-ran")
-
             page.locator(".jp-SideBar [data-id='cowfs-cell-history']").click()
             panel = page.locator("#cowfs-cell-history")
             rows = panel.locator(".cowfs-row[data-after]")
-            expect(rows).to_have_count(3, timeout=20_000)
+            expect(panel.locator(".cowfs-status")).to_contain_text("0 cells")
+            for index in range(3):  # the panel is open: each cell's row appears as it runs
+                run_cell(page, index, index + 1)
+                expect(rows).to_have_count(index + 1, timeout=10_000)
+            expect(page.locator(".jp-Cell").nth(2).locator(".jp-OutputArea-output")).to_contain_text("state: 2 two")
+            shoot(page, "1-notebook-ran")
             expect(rows.nth(0)).to_contain_text("print('state:'")
             expect(rows.nth(1)).to_contain_text("x = 2")
             expect(rows.nth(2)).to_contain_text("import pathlib")
@@ -74,6 +75,21 @@ def test_panel_shows_cells_and_opens_the_moment_before_one(lab):
             expect(details.locator(".cowfs-minus")).to_contain_text("-one")
             expect(details.locator(".cowfs-plus")).to_contain_text("+two")
             shoot(page, "3-cell-changes")
+
+            panel.get_by_role("button", name=re.compile("^Pin")).click()
+            expect(rows.nth(1)).to_contain_text("pinned")
+            pinned = {r["id"] for r in json.loads(ws.cli("log", "--json").stdout) if r["pinned"]}
+            assert len(pinned) == 2, "the cell's before and after snapshots"
+
+            # JupyterLab's dark theme: the panel takes its colours from the theme.
+            light = panel.evaluate("node => getComputedStyle(node).backgroundColor")
+            page.locator(".lm-MenuBar-itemLabel", has_text="Settings").click()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Theme$")).hover()
+            page.locator(".lm-Menu-itemLabel", has_text=re.compile("^JupyterLab Dark$")).click()
+            expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false", timeout=20_000)
+            page.locator("#jupyterlab-splash").wait_for(state="detached", timeout=20_000)
+            assert panel.evaluate("node => getComputedStyle(node).backgroundColor") != light
+            shoot(page, "3b-dark-theme")
 
             # The browser's login cookie alone does not make a POST: the server's XSRF check holds.
             forged = context.request.post(f"{server.url}/cowfs/label", data={"path": "mnt/analysis.ipynb",
