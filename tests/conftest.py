@@ -210,7 +210,7 @@ def bob(ordinary_users):
 def lab(kernel_env, tmp_path):
     """A mount holding a notebook, and `jupyter lab` serving the directory above the mount
     (so branches opened beside it are served too); the server stops before the mount goes."""
-    from lab_server import start_lab, write_notebook
+    from lab_server import start_lab, stop_servers_under, write_notebook
 
     mnt = kernel_env.mount()
     write_notebook(mnt / "analysis.ipynb")
@@ -219,4 +219,5 @@ def lab(kernel_env, tmp_path):
         yield kernel_env, mnt, server
     finally:
         server.stop()
+        stop_servers_under(tmp_path)
         kernel_env.mounts.extend(tmp_path.glob("mnt-at-*"))

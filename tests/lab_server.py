@@ -67,6 +67,37 @@ class LabServer:
                 self.process.wait()
 
 
+def stop_servers_under(directory: Path) -> None:
+    """Stop every Jupyter server serving a directory under ``directory``: those the panel
+    started in branches run in sessions of their own and outlive the server that started them."""
+    marker = f"--ServerApp.root_dir={directory}".encode()
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and b"Z" not in _state(pid)]
+        time.sleep(0.1)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1][:3]
+    except (OSError, IndexError):
+        return b"Z"
+
+
 def write_notebook(path: Path, cells: list[str] = LAB_CELLS) -> None:
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook

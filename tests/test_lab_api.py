@@ -5,9 +5,11 @@ and branch."""
 from __future__ import annotations
 
 import json
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
+from urllib.request import urlopen
 
 from conftest import needs_fuse
+from lab_server import start_lab
 from test_kernel_e2e import run_notebook
 
 pytestmark = needs_fuse
@@ -75,3 +77,27 @@ def test_requests_stay_in_the_notebooks_mount_and_branch(lab, tmp_path):
     assert status == 400 and "one line" in reply["message"]
     logged = {r["id"]: r for r in json.loads(ws.cli("log", "--json").stdout)}
     assert not logged[foreign["id"]]["pinned"] and logged[foreign["id"]]["label"] == ""
+
+
+def test_open_from_a_server_in_the_workspace_starts_a_server_in_the_branch(lab, tmp_path):
+    """Jupyter started in the workspace cannot serve a branch mounted beside it: "Open" starts
+    a server of the branch's own and gives its URL."""
+    ws, mnt, _ = lab
+    (mnt / "data.txt").write_text("then\n")
+    then = ws.snap(mnt)
+    (mnt / "data.txt").write_text("now\n")
+    in_workspace = start_lab(mnt, tmp_path / "jupyter-in-workspace")
+    try:
+        status, opened = in_workspace.api("POST", "cowfs/open", {"path": "analysis.ipynb", "snapshot": then["id"]})
+        assert status == 200 and opened["path"] is None, opened
+        assert opened["directory"] == f"{mnt}-at-{then['id'].lstrip('@')}"
+        page = urlsplit(opened["url"])
+        assert page.hostname == "127.0.0.1" and page.path == "/lab/tree/analysis.ipynb"
+        token = parse_qs(page.query)["token"][0]
+        with urlopen(f"http://127.0.0.1:{page.port}/api/contents/data.txt?token={token}", timeout=30) as reply:
+            assert json.loads(reply.read())["content"] == "then\n"
+        with urlopen(f"http://127.0.0.1:{page.port}/api/contents/analysis.ipynb?token={token}", timeout=30) as reply:
+            assert reply.status == 200
+        assert (mnt / "data.txt").read_text() == "now\n"
+    finally:
+        in_workspace.stop()

@@ -5,6 +5,7 @@ POST, its XSRF token, as every jupyter-server API does), then runs a blocking fu
     GET  cowfs/cells?path=NB&offset=0&limit=100   one page of the notebook's cells, newest first
     GET  cowfs/changes?path=NB&after=@N[&before=@M]   what that cell changed, with small text diffs
     POST cowfs/open   {"path": NB, "snapshot": "@N"}   mount @N as a new branch; the notebook there
+                      (and, when the branch is outside this server's root, a server started in it)
     POST cowfs/pin    {"path": NB, "snapshots": [...], "pinned": true}
     POST cowfs/label  {"path": NB, "snapshot": "@N", "label": "before the SVM"}
 """
@@ -13,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any, Callable
 
+from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
 from cowfs.cli.client import DaemonError
-from cowfs.cli.lab import timeline
+from cowfs.cli.lab import branch_server, timeline
 from cowfs.fs.errors import StoreError
 
 
@@ -77,7 +80,20 @@ class OpenHandler(_TimelineHandler):
     @web.authenticated
     async def post(self) -> None:
         body = self.body()
-        await self.answer(lambda ws: timeline.open_branch(ws, str(body.get("snapshot", ""))), body.get("path"))
+        ip, host = self.settings["serverapp"].ip, self.request.host_name
+
+        def open_there(workspace: timeline.Workspace) -> dict:
+            opened = timeline.open_branch(workspace, str(body.get("snapshot", "")))
+            if opened["path"] is None:  # outside what this server serves: one of its own
+                try:
+                    opened |= branch_server.start(Path(opened["directory"]), Path(opened["notebook"]), ip, host,
+                                                  Path(jupyter_runtime_dir()))
+                except branch_server.ServerStartError as exc:
+                    raise timeline.BadRequest(f"{opened['snapshot']} is mounted at {opened['directory']}, "
+                                              f"but {exc}") from None
+            return opened
+
+        await self.answer(open_there, body.get("path"))
 
 
 class PinHandler(_TimelineHandler):

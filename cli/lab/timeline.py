@@ -165,16 +165,12 @@ def set_label(workspace: Workspace, snapshot: str, label: str) -> dict:
 
 
 def open_branch(workspace: Workspace, snapshot: str) -> dict:
-    """`cowfs open` from the panel: mount the snapshot as a new branch beside the workspace and
-    name the notebook there, for the browser to open. The branch must land under the server's
-    root, or this server could not open it."""
+    """`cowfs open` from the panel: mount the snapshot as a new branch beside the workspace.
+    ``path`` names the notebook there for this server, None when the branch is outside what
+    this server serves (the caller then starts a server in the branch)."""
     with _open(workspace, readonly=True) as store:
         record = _on_branch(workspace, store, snapshot)
     directory = _free_directory(Path(f"{workspace.mountpoint}-at-{record.id}"))
-    if not directory.parent.is_relative_to(workspace.root):
-        raise BadRequest(f"the new branch would be mounted at {directory}, outside the directory this Jupyter "
-                         f"server serves ({workspace.root}); run `cowfs open {record.name}` in a terminal, "
-                         "or start Jupyter from a directory above the workspace")
     command = [sys.executable, "-m", "cowfs.cli.main", "--store", str(workspace.store), "open", record.name,
                str(directory)]
     try:
@@ -184,8 +180,10 @@ def open_branch(workspace: Workspace, snapshot: str) -> dict:
     if done.returncode != 0:
         raise BadRequest((done.stderr.strip() or done.stdout.strip() or "cowfs open failed").splitlines()[-1])
     notebook = directory / workspace.notebook_in_mount
-    return {"snapshot": record.name, "directory": str(directory),
-            "path": str(notebook.relative_to(workspace.root)), "restores_variables": "restores" in done.stdout}
+    served = notebook.is_relative_to(workspace.root)
+    return {"snapshot": record.name, "directory": str(directory), "notebook": str(workspace.notebook_in_mount),
+            "path": str(notebook.relative_to(workspace.root)) if served else None,
+            "restores_variables": "restores" in done.stdout}
 
 
 def _free_directory(wanted: Path) -> Path:

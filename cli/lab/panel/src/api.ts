@@ -51,7 +51,9 @@ export interface IChanges {
 export interface IOpened {
   snapshot: string;
   directory: string;
-  path: string;
+  /** The notebook for this server, or null when the branch got a server of its own (url). */
+  path: string | null;
+  url?: string;
   restores_variables: boolean;
 }
 

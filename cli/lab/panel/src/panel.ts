@@ -466,7 +466,10 @@ export class CellHistoryPanel extends Widget {
     this.setStatus(`Mounting ${snapshot} as a new branch…`);
     try {
       const opened = await api.open(this.notebookPath, snapshot);
-      const url = URLExt.join(PageConfig.getBaseUrl(), 'lab', 'tree', URLExt.encodeParts(opened.path));
+      const url =
+        opened.path !== null
+          ? URLExt.join(PageConfig.getBaseUrl(), 'lab', 'tree', URLExt.encodeParts(opened.path))
+          : (opened.url ?? '');
       if (tab) {
         tab.location.href = url;
       } else {
@@ -474,6 +477,7 @@ export class CellHistoryPanel extends Widget {
       }
       this.setStatus(
         `Opened ${opened.snapshot} at ${opened.directory}` +
+          (opened.path === null ? ' with a Jupyter server of its own' : '') +
           (opened.restores_variables ? '; its first kernel restores the variables' : '')
       );
     } catch (error) {
