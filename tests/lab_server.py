@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from servers import free_port
 
 # The notebook the lab tests run: a file written, rewritten, then read with a variable.
 LAB_CELLS = [
@@ -105,12 +106,6 @@ def write_notebook(path: Path, cells: list[str] = LAB_CELLS) -> None:
     kernelspec = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(new_notebook(cells=[new_code_cell(source) for source in cells], metadata={"kernelspec": kernelspec}),
                    path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_lab(root: Path, state: Path) -> LabServer:
