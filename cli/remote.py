@@ -439,13 +439,8 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     report.chunks_fetched = len(missing)
     branch = store.new_empty_branch(f"{config.name}-{document['source']['snapshot'].lstrip('@')}")
     tree = Tree(store, branch.id)
-
-    def fetch_data(digest: bytes) -> bytes:
-        with store.index.reading() as txn:
-            return store.read_chunk(txn, digest)
-
     progress(f"pulling {document['id']}: files", 0, 0)
-    report.files = materialize(tree, bytes.fromhex(document["root"]), fetch_tree, fetch_data)
+    report.files = materialize(tree, bytes.fromhex(document["root"]), fetch_tree)
     tree.flush()
     meta = {key: value for key, value in document["meta"].items() if key != "changed_paths"}  # of its source
     meta |= {"remote_id": document["id"], "remote": config.name, "pulled_from": document["source"]}

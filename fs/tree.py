@@ -28,8 +28,8 @@ import lmdb
 
 from cowfs.fs import versions
 from cowfs.fs.chunks import SealedChunk, digest_of, seal
-from cowfs.fs.errors import FsError
-from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
+from cowfs.fs.errors import CorruptChunkError, FsError
+from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_CHUNKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
 from cowfs.fs.listing import DirListing
 from cowfs.fs.records import ChunkLocation, InodeAttrs, SnapshotRecord
@@ -613,6 +613,26 @@ class Tree:
             self.dirty_attrs[ino] = attrs.changed(size=end)
         self.changed_inodes.add(ino)
         return len(data)
+
+    def adopt_blocks(self, ino: int, blocks: list[tuple[int, bytes]], size: int) -> None:
+        """Give a new file blocks whose chunks the store already holds, by digest: a pull stores
+        the remote's chunks as they came (verified), so reading, hashing and compressing them
+        again through ``write`` would only cost time. Every digest must be in the chunk index,
+        which keeps "every block names a stored chunk" true."""
+        self._writable()
+        chunks_db = self.store.index.db(DB_CHUNKS)
+
+        def change(txn: lmdb.Transaction) -> None:
+            if not self._attrs(txn, ino).is_reg or any(key[0] == ino for key in self.dirty_blocks):
+                raise FsError(errno.EINVAL)
+            for index, digest in blocks:
+                if txn.get(digest, db=chunks_db) is None:
+                    raise CorruptChunkError(f"chunk {digest.hex()[:16]} is not in the store; it cannot be adopted")
+                versions.put(txn, self._db_blocks, self.branch_id, self.head, ino, block_name(index), digest)
+
+        self.store.index.write(change)
+        self.changed_inodes.add(ino)
+        self.setattr(ino, size=size)
 
     # -- xattrs ------------------------------------------------------------------------------
     def has_xattrs(self) -> bool:

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from cowfs.fs.chunks import SealedChunk, seal
 from cowfs.fs.keys import U64
 from cowfs.fs.store import ROOT_INODE
-from cowfs.fs.tree import BLOCK_SIZE, Tree
+from cowfs.fs.tree import Tree
 
 FORMAT = 1
 
@@ -88,17 +88,17 @@ def tree_digests(root: bytes, fetch_tree: Callable[[bytes], bytes]) -> Iterator[
             yield "data", bytes.fromhex(digest)
 
 
-def materialize(tree: Tree, root: bytes, fetch_tree: Callable[[bytes], bytes],
-                fetch_data: Callable[[bytes], bytes]) -> int:
+def materialize(tree: Tree, root: bytes, fetch_tree: Callable[[bytes], bytes]) -> int:
     """Build the tree under ``root`` in an empty, writable ``tree``; returns the files made.
 
-    Data goes through ``Tree.write``: the same 128 KiB blocks give the same digests, so chunks
-    the store already holds are stored once."""
+    Every data chunk must be in the store already (a pull stores the missing ones first, as
+    they came): files take their blocks by digest, so nothing is read, hashed or compressed
+    again."""
     links: dict[int, int] = {}
-    return _fill(tree, ROOT_INODE, root, fetch_tree, fetch_data, links)
+    return _fill(tree, ROOT_INODE, root, fetch_tree, links)
 
 
-def _fill(tree: Tree, parent: int, digest: bytes, fetch_tree, fetch_data, links: dict[int, int]) -> int:
+def _fill(tree: Tree, parent: int, digest: bytes, fetch_tree, links: dict[int, int]) -> int:
     made = 0
     for entry in decode_tree(fetch_tree(digest)):
         name = os.fsencode(entry["name"])
@@ -111,11 +111,9 @@ def _fill(tree: Tree, parent: int, digest: bytes, fetch_tree, fetch_data, links:
         if group is not None:
             links[group] = ino
         if "tree" in entry:
-            made += _fill(tree, ino, bytes.fromhex(entry["tree"]), fetch_tree, fetch_data, links)
+            made += _fill(tree, ino, bytes.fromhex(entry["tree"]), fetch_tree, links)
         if stat.S_ISREG(entry["mode"]):
-            for index, block in entry["blocks"]:
-                tree.write(ino, index * BLOCK_SIZE, fetch_data(bytes.fromhex(block)))
-            tree.setattr(ino, size=entry["size"])
+            tree.adopt_blocks(ino, [(index, bytes.fromhex(block)) for index, block in entry["blocks"]], entry["size"])
             made += 1
         for key, value in entry.get("xattrs", {}).items():
             tree.setxattr(ino, os.fsencode(key), bytes.fromhex(value))

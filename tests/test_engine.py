@@ -354,3 +354,21 @@ def test_diff_sees_a_same_size_rewrite_that_kept_mtime(store: Store):
     assert Tree.at_snapshot(store, first).getattr(ino) == Tree.at_snapshot(store, second).getattr(ino)
     changes = diff_trees(Tree.at_snapshot(store, first), Tree.at_snapshot(store, second))
     assert [(c.path, c.kind) for c in changes] == [("model.pkl", "modified")]
+
+
+def test_adopted_blocks_read_as_the_original_and_a_missing_chunk_is_refused(store: Store):
+    """What a pull does: a new file takes stored chunks by digest, without writing its data."""
+    tree = Tree(store, 1)
+    data = bytes(range(256)) * 1000 + b"tail"
+    source = new_file(tree, b"source", data)
+    tree.flush()
+    blocks = tree.block_digests(source)  # block name (index, big-endian) -> digest; no holes here
+    copy = new_file(tree, b"copy")
+    tree.adopt_blocks(copy, list(enumerate(blocks[name] for name in sorted(blocks))), len(data))
+    assert tree.read(copy, 0, len(data) + 10) == data
+    tree.flush()
+    assert Tree(store, 1).read(copy, 0, len(data)) == data, "adopted blocks are committed with the tree"
+    orphan = new_file(tree, b"orphan")
+    with pytest.raises(CorruptChunkError):
+        tree.adopt_blocks(orphan, [(0, b"\x01" * 32)], BLOCK_SIZE)
+    assert tree.getattr(orphan).size == 0 and tree.read(orphan, 0, 10) == b""
