@@ -24,16 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
 from lab_server import CHROMIUM, CHROMIUM_ARGS, start_lab, write_notebook  # noqa: E402
-
-
-def cowfs(store: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "cowfs.cli.main", "--store", str(store), *args],
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"cowfs {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
+from run import cowfs  # noqa: E402
 
 
 def write_log(store: Path, notebook: Path, cells: int) -> None:
@@ -124,7 +118,7 @@ def main() -> None:
         store, mnt = root / "store", root / "work"
         env_root = root / "home"
         env_root.mkdir()
-        cowfs(store, "init")
+        cowfs("init", store=store)
         started = time.monotonic()
         write_log(store, mnt / "nb.ipynb", options.cells)
         print(f"wrote {options.cells} cells with the engine in {time.monotonic() - started:.1f} s")
@@ -132,8 +126,8 @@ def main() -> None:
 
         os.environ.update(IPYTHONDIR=str(env_root / "ipython"), XDG_CONFIG_HOME=str(env_root / "config"),
                           COWFS_STORE=str(store))
-        cowfs(store, "kernel", "install")
-        cowfs(store, "mount", str(mnt))
+        cowfs("kernel", "install", store=store)
+        cowfs("mount", str(mnt), store=store)
         server = None
         try:
             write_notebook(mnt / "nb.ipynb", ["print('state:', open('data.txt').read().strip())"])

@@ -24,16 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
 
+from run import cowfs  # noqa: E402
 from servers import s3_server  # noqa: E402
-
-
-def cowfs(store: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "cowfs.cli.main", "--store", str(store), *args],
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"cowfs {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
 
 
 def fill(directory: Path, size_mb: int, files: int) -> list[Path]:
@@ -79,13 +73,13 @@ def main() -> None:
         alice, bob, mnt = root / "alice", root / "bob", root / "work"
         mnt.mkdir()
         for store in (alice, bob):
-            cowfs(store, "init")
-            cowfs(store, "remote", "add", "team", "s3://cowfs/ws")
-        cowfs(alice, "mount", str(mnt))
+            cowfs("init", store=store)
+            cowfs("remote", "add", "team", "s3://cowfs/ws", store=store)
+        cowfs("mount", str(mnt), store=alice)
         rows = []
         try:
             files = fill(mnt, options.size_mb, options.files)
-            first = json.loads(cowfs(alice, "snap", "--wait", "--json", str(mnt)))
+            first = json.loads(cowfs("snap", "--wait", "--json", str(mnt), store=alice))
             total = sum(path.stat().st_size for path in files)
 
             upload, _ = timed(lambda: [s3.upload_file(str(p), "plain", p.name) for p in files])
@@ -93,17 +87,17 @@ def main() -> None:
             downloads.mkdir()
             download, _ = timed(lambda: [s3.download_file("plain", p.name, str(downloads / p.name)) for p in files])
 
-            push_time, push_out = timed(lambda: cowfs(alice, "push", "team", "--json", first["id"]))
+            push_time, push_out = timed(lambda: cowfs("push", "team", "--json", first["id"], store=alice))
             pushed = json.loads(push_out)
-            remote_id = json.loads(cowfs(alice, "log", "--remote", "team", "--json"))[0]["id"]
-            pull_time, pull_out = timed(lambda: cowfs(bob, "pull", "team", remote_id, "--json"))
+            remote_id = json.loads(cowfs("log", "--remote", "team", "--json", store=alice))[0]["id"]
+            pull_time, pull_out = timed(lambda: cowfs("pull", "team", remote_id, "--json", store=bob))
             pulled = json.loads(pull_out)
 
             with open(files[1], "r+b") as changed:  # 1 MiB rewritten in the middle of one file
                 changed.seek(len(files[1].read_bytes()) // 2)
                 changed.write(os.urandom(1 << 20))
-            second = json.loads(cowfs(alice, "snap", "--wait", "--json", str(mnt)))
-            again_time, again_out = timed(lambda: cowfs(alice, "push", "team", "--json", second["id"]))
+            second = json.loads(cowfs("snap", "--wait", "--json", str(mnt), store=alice))
+            again_time, again_out = timed(lambda: cowfs("push", "team", "--json", second["id"], store=alice))
             again = json.loads(again_out)
             rows = [
                 ("plain upload (boto3 upload_file)", upload, total, None),

@@ -545,12 +545,16 @@ def unpin(context: Context, snapshot: str) -> None:
 def _set_pin(context: Context, ref: str, pinned: bool) -> None:
     from cowfs.fs.retention import set_pinned
 
+    record = _rewrite_snapshot(context, ref, lambda store, found: set_pinned(store, found, pinned))
+    click.echo(f"{record.name} {'pinned' if pinned else 'unpinned'}")
+
+
+def _rewrite_snapshot(context: Context, ref: str, change) -> SnapshotRecord:
     store = context.open_store()
     try:
-        record = set_pinned(store, store.resolve_snapshot(ref), pinned)
+        return change(store, store.resolve_snapshot(ref))
     finally:
         store.close()
-    click.echo(f"{record.name} {'pinned' if pinned else 'unpinned'}")
 
 
 @cli.command()
@@ -561,11 +565,7 @@ def label(context: Context, snapshot: str, text: str) -> None:
     """Give SNAPSHOT a label to find it by (`cowfs mount TEXT DIR`); an empty TEXT removes it."""
     from cowfs.fs.retention import set_label
 
-    store = context.open_store()
-    try:
-        record = set_label(store, store.resolve_snapshot(snapshot), text)
-    finally:
-        store.close()
+    record = _rewrite_snapshot(context, snapshot, lambda store, found: set_label(store, found, text))
     click.echo(f"{record.name} labelled {record.label!r}" if record.label else f"{record.name}: label removed")
 
 

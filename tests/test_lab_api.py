@@ -43,6 +43,11 @@ def test_cells_are_paged_newest_first_and_pin_and_label_reach_the_store(lab, mon
     assert ws.cli("diff", "before the SVM", row["after"]).stdout == "", "the label finds the snapshot"
     status, again = server.api("GET", f"cowfs/cells?path={path}&offset=0&limit=3")
     assert again["rows"][1]["pinned"] and again["rows"][1]["label"] == "before the SVM"
+    # The same from a terminal: `cowfs label`, one line when the snapshot is not there.
+    assert "label removed" in ws.cli("label", row["after"], "").stdout
+    assert {r["id"]: r for r in json.loads(ws.cli("log", "--json").stdout)}[row["after"]]["label"] == ""
+    refused = ws.cli("label", "@999", "x", check=False)
+    assert refused.returncode == 1 and "no snapshot '@999'" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_requests_stay_in_the_notebooks_mount_and_branch(lab, tmp_path):
