@@ -261,10 +261,10 @@ class Store:
         txn.put(str(record.id).encode(), record.encode(), db=self.index.db(DB_SNAPSHOTS))
 
     def snapshots_version(self) -> tuple[int, int]:
-        """Changes whenever any snapshot record may have (LMDB's last transaction id, which
-        every write moves): a cache of the log keyed by it is never stale."""
-        info = self.index.env.info()
-        return info["last_txnid"], info["map_size"]
+        """Changes whenever any snapshot record may have: LMDB's last transaction id, which
+        every write moves, and the index file's inode, which a store made again at the same
+        path changes. A cache of the log keyed by it is never stale."""
+        return self.index.env.info()["last_txnid"], os.stat(self.path / "index.lmdb" / "data.mdb").st_ino
 
     def snapshots(self, decoded: dict[bytes, SnapshotRecord] | None = None) -> list[SnapshotRecord]:
         """Every snapshot, oldest first. A poller passes ``decoded`` (raw record to record) to
