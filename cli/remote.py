@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from cowfs.fs.chunks import SealedChunk, digest_of, unseal
-from cowfs.fs.errors import StoreError
+from cowfs.fs.errors import CorruptChunkError, StoreError
 from cowfs.fs.history import is_durable
 from cowfs.fs.keys import DB_CHUNKS
 from cowfs.fs.packs import HEADER, record_header
@@ -428,12 +428,16 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     with store.index.reading() as txn:
         missing = sorted(d for d in needed if txn.get(d, db=chunks_db) is None)
     batch: list[SealedChunk] = []
-    for done, (chunk, _) in enumerate(fetch_chunks(bucket, index, missing)):
-        progress(f"pulling {document['id']}: chunks", done, len(missing))
-        batch.append(chunk)
-        if sum(c.raw_len for c in batch) >= PACK_TARGET:
-            store.index.write(lambda txn, part=batch: store.add_chunks(txn, part))
-            batch = []
+    try:
+        for done, (chunk, _) in enumerate(fetch_chunks(bucket, index, missing)):
+            progress(f"pulling {document['id']}: chunks", done, len(missing))
+            batch.append(chunk)
+            if sum(c.raw_len for c in batch) >= PACK_TARGET:
+                store.index.write(lambda txn, part=batch: store.add_chunks(txn, part))
+                batch = []
+    except CorruptChunkError as exc:
+        raise StoreError(f"cannot pull {document['id']}: {exc.strerror}, so the remote's copy is damaged; "
+                         "no snapshot was added to this store") from None
     if batch:
         store.index.write(lambda txn: store.add_chunks(txn, batch))
     report.chunks_fetched = len(missing)

@@ -192,3 +192,32 @@ def test_two_stores_pushing_at_once_lose_nothing(aws, tmp_path):
     finally:
         for ws in stores:
             ws.unmount_all()
+
+
+def test_a_corrupted_object_on_the_remote_is_reported_and_never_served(workspace, aws, tmp_path):
+    """A pack altered on the remote: the pull fails in one line naming the damage, adds no
+    snapshot, and the store it ran in stays consistent."""
+    import boto3
+
+    mnt = workspace.mount()
+    (mnt / "model.bin").write_bytes(os.urandom(3 << 20))
+    workspace.snap(mnt, "model", wait=True)
+    workspace.cli("remote", "add", "team", f"s3://{aws}/p")
+    cowfs_json(workspace.store, "push", "team")
+
+    s3 = boto3.client("s3")
+    packs = [o["Key"] for o in s3.list_objects_v2(Bucket=aws, Prefix="p/packs/")["Contents"]]
+    assert len(packs) == 1
+    body = bytearray(s3.get_object(Bucket=aws, Key=packs[0])["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # one bit of one data chunk, in place: sizes and names still match
+    s3.put_object(Bucket=aws, Key=packs[0], Body=bytes(body))
+
+    other = another_store(tmp_path, "other", aws, "p")
+    result = other.cli("pull", "team", "model", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "remote pack" in result.stderr and "fails its hash check" in result.stderr, result.stderr
+    assert "the remote's copy is damaged; no snapshot was added" in result.stderr
+    assert cowfs_json(other.store, "log") == [], "no snapshot appears from a damaged pull"
+    assert other.cli("fsck").returncode == 0
+    again = other.cli("pull", "team", "model", check=False)
+    assert again.returncode == 1 and "fails its hash check" in again.stderr, "the damage is found every time"
