@@ -132,6 +132,9 @@ class Bucket:
             raise StoreError(f"remote {self.name}: {what} failed: {code or exc}") from None
         except (self.errors.EndpointConnectionError, self.errors.ConnectionError) as exc:
             raise StoreError(f"remote {self.name}: cannot reach the object store ({exc})") from None
+        except self.errors.HTTPClientError as exc:  # the connection broke mid-request, or timed out
+            raise StoreError(f"remote {self.name}: {what} failed, the connection to the object store broke "
+                             f"({exc}); run the command again, what arrived is kept") from None
 
     def names(self, kind: str) -> list[str]:
         return list(self.objects(kind))

@@ -38,3 +38,89 @@ def s3_server() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+class CuttingProxy:
+    """A TCP forwarder to a server on 127.0.0.1 that can be made to "go away": once ``cut_after``
+    bytes have gone towards the server, every connection is dropped and new ones are closed at
+    once, until ``restore``. What a client sees when the server dies in the middle of a request."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.budget: int | None = None
+        self.lock = threading.Lock()
+        self.open: list[socket.socket] = []
+        self.closing = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut_after(self, count: int) -> None:
+        self.budget = count
+
+    def restore(self) -> None:
+        self.budget = None
+
+    @property
+    def down(self) -> bool:
+        return self.budget is not None and self.budget <= 0
+
+    def close(self) -> None:
+        self.closing = True
+        self.listener.close()
+        self._drop_all()
+
+    def _drop_all(self) -> None:
+        with self.lock:
+            for sock in self.open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self.open.clear()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.closing:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.down:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.open += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if upstream and self.budget is not None:
+                    self.budget -= len(data)
+                    if self.budget <= 0:
+                        self._drop_all()
+                        return
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

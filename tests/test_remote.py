@@ -221,3 +221,38 @@ def test_a_corrupted_object_on_the_remote_is_reported_and_never_served(workspace
     assert other.cli("fsck").returncode == 0
     again = other.cli("pull", "team", "model", check=False)
     assert again.returncode == 1 and "fails its hash check" in again.stderr, "the damage is found every time"
+
+
+def test_a_push_cut_off_midway_resumes_without_sending_again_what_arrived(workspace, aws, s3_server, monkeypatch):
+    """The server goes away in the middle of a push (a proxy in front of it drops every
+    connection after 24 MiB): the push fails in one line, the remote shows no snapshot (the
+    record is the commit point), and the next push sends only what had not arrived."""
+    import boto3
+
+    mnt = workspace.mount()
+    for number in range(3):
+        (mnt / f"part-{number}.bin").write_bytes(os.urandom(15 << 20))
+    workspace.snap(mnt, "three parts", wait=True)
+    proxy = servers.CuttingProxy(int(s3_server.rsplit(":", 1)[1]))
+    try:
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        workspace.cli("remote", "add", "team", f"s3://{aws}/p", "--endpoint-url", proxy.url)
+        proxy.cut_after(24 << 20)
+        cut = workspace.cli("push", "team", check=False)
+        assert cut.returncode == 1 and "Traceback" not in cut.stderr and len(cut.stderr.strip().splitlines()) == 1
+        assert "remote team" in cut.stderr, cut.stderr
+        direct = boto3.client("s3")  # straight to the server, past the proxy
+        arrived = [o["Key"] for o in direct.list_objects_v2(Bucket=aws, Prefix="p/").get("Contents", [])]
+        assert any(k.startswith("p/packs/") for k in arrived) and not any(k.startswith("p/snapshots/") for k in arrived)
+
+        proxy.restore()
+        resumed = cowfs_json(workspace.store, "push", "team")
+        assert len(resumed["pushed"]) == 1
+        total = 45 << 20
+        assert resumed["bytes_uploaded"] < total - (12 << 20), "packs that arrived are not sent again"
+        other = another_store(workspace.root, "other", aws, "p")
+        pulled = cowfs_json(other.store, "pull", "team", "three parts")
+        back = other.mount(pulled["local_snapshot"], name="back")
+        assert tree_digest(back) == tree_digest(mnt)
+    finally:
+        proxy.close()
