@@ -102,13 +102,12 @@ def cell_row(store: Store, run: CellRun, branch_names: dict[int, str],
              by_name: dict[str, SnapshotRecord]) -> dict:
     """One executed cell as `log --cells --json` and the Cell history panel show it."""
     meta = run.meta
-    changed = files_changed(store, run.after)
     return {
         "before": run.before.name if run.before else None, "after": run.after.name,
         "time": run.after.created, "branch": branch_names.get(run.after.branch), "notebook": meta.get("notebook"),
         "cell_id": meta.get("cell_id"), "execution_count": meta.get("execution_count"),
         "first_line": meta.get("first_line", ""), "success": meta.get("success"), "error": meta.get("error"),
-        "files_changed": changed, "bytes_added": run.after.bytes_added,
+        "files_changed": files_changed(store, run.after), "bytes_added": run.after.bytes_added,
         "variables": variables_state(store, run.after, by_name),
         "label": run.after.label, "pinned": run.after.pinned and (run.before is None or run.before.pinned),
     }

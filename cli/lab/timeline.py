@@ -15,8 +15,10 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from cowfs.cli.client import DaemonError, mount_for, request
 from cowfs.fs.errors import StoreError
@@ -195,18 +197,14 @@ def _free_directory(wanted: Path) -> Path:
     return candidate
 
 
-class _open:
+@contextmanager
+def _open(workspace: Workspace, readonly: bool) -> Iterator[Store]:
     """The workspace's store, opened per request (a server outlives mounts and unmounts)."""
-
-    def __init__(self, workspace: Workspace, readonly: bool) -> None:
-        self.workspace, self.readonly = workspace, readonly
-
-    def __enter__(self) -> Store:
-        self.store = Store.open(self.workspace.store, readonly=self.readonly)
-        return self.store
-
-    def __exit__(self, *_exc: object) -> None:
-        self.store.close()
+    store = Store.open(workspace.store, readonly=readonly)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _on_branch(workspace: Workspace, store: Store, ref: str) -> SnapshotRecord:
@@ -220,5 +218,6 @@ def _on_branch(workspace: Workspace, store: Store, ref: str) -> SnapshotRecord:
 
 
 def _previous(store: Store, record: SnapshotRecord) -> SnapshotRecord | None:
-    earlier = [r for r in store.snapshots() if r.branch == record.branch and r.id < record.id]
+    records, _ = _runs_cache.get(store)  # the log the panel polls is decoded already
+    earlier = [r for r in records if r.branch == record.branch and r.id < record.id]
     return earlier[-1] if earlier else None
