@@ -17,7 +17,8 @@ READY_TIMEOUT = 60.0
 
 
 def start_daemon(store: Path, branch: str, mountpoint: Path, *, allow_other: bool = False,
-                 xattrs: bool = False, foreground: bool = False, debug: bool = False) -> None:
+                 xattrs: bool = False, foreground: bool = False, debug: bool = False,
+                 remote_cache: int | None = None) -> None:
     # -P: the caller's working directory (a clone of cowfs, a folder named cowfs/...) must not
     # shadow the installed package; and the daemon lives in / so it holds no directory busy.
     command = [sys.executable, "-P", "-m", "cowfs.daemon", "--store", str(store.absolute()), "--branch", branch]
@@ -27,6 +28,8 @@ def start_daemon(store: Path, branch: str, mountpoint: Path, *, allow_other: boo
         command.append("--xattrs")
     if debug:
         command.append("--debug")
+    if remote_cache is not None:
+        command += ["--remote-cache-size", str(remote_cache)]
     if foreground:
         os.chdir("/")
         os.execv(sys.executable, command + ["--foreground", str(mountpoint.absolute())])

@@ -41,7 +41,11 @@ class Context:
         return resolve_store_path(self.explicit)
 
     def open_store(self, readonly: bool = False) -> Store:
-        return Store.open(self.store_path, readonly=readonly)
+        from cowfs.fs.remote.lazy import install_fetcher
+
+        store = Store.open(self.store_path, readonly=readonly)
+        install_fetcher(store)  # files of lazily pulled snapshots read like any other
+        return store
 
 
 def fail(message: str) -> None:
@@ -153,27 +157,38 @@ def init(context: Context, source: Path | None) -> None:
               help="Support extended attributes. Off by default: with them the kernel asks the daemon "
                    "before every write() call, and small writes get up to 5x slower. A branch that "
                    "already holds xattrs always has them.")
+@click.option("--cache-size", default="4G", show_default=True,
+              help="For REMOTE:SNAPSHOT: the most the chunks read from the remote may take on disk.")
 @click.option("--foreground", is_flag=True, help="Stay attached and log to the terminal.")
 @click.option("--debug", is_flag=True, help="Log every request (slow).")
 @click.pass_obj
 def mount(context: Context, source: str | None, mountpoint: Path | None, branch: str | None,
-          allow_other: bool, xattrs: bool, foreground: bool, debug: bool) -> None:
+          allow_other: bool, xattrs: bool, foreground: bool, debug: bool, cache_size: str = "4G") -> None:
     """Mount the workspace at MOUNTPOINT, or snapshot SOURCE as a new read-write branch.
 
     \b
       cowfs mount ~/work              the main branch (or --branch NAME)
       cowfs mount @12 ~/back          snapshot @12 as a new branch; @12 never changes
+      cowfs mount team:ID ~/alice     a remote snapshot, without downloading its data:
+                                      reading a file fetches its chunks (cached, verified)
     """
     if mountpoint is None:
         if source is None:
             fail("give a mount point: `cowfs mount DIR` or `cowfs mount SNAPSHOT DIR`")
         source, mountpoint = None, Path(source)
     mountpoint = Path(os.path.realpath(mountpoint))
+    cache_bytes = _parse_size(cache_size)
     store = context.open_store()
     created = False
     try:
         # Everything that can be refused is checked before anything is made.
-        record = store.resolve_snapshot(source) if source is not None else None
+        remote_name, _, remote_ref = (source or "").partition(":")
+        lazy = bool(remote_ref) and remote_name in _remote_names(store)
+        if lazy:
+            _check_mountpoint_free(mountpoint)
+            record = _lazy_pull(store, remote_name, remote_ref)
+        else:
+            record = store.resolve_snapshot(source) if source is not None else None
         if record is None:
             chosen = store.branch_named(branch or MAIN_BRANCH)
         elif branch is not None:
@@ -182,6 +197,9 @@ def mount(context: Context, source: str | None, mountpoint: Path | None, branch:
         if record is not None:
             chosen = store.fork(record, branch)
         note = f" (new branch from snapshot {record.name})" if record is not None else ""
+        if lazy:
+            note = (f" (new branch from {remote_name}:{record.meta['remote_id']}, here as {record.name}; "
+                    "files are fetched as they are read)")
     except BaseException:
         if created:
             mountpoint.rmdir()
@@ -190,7 +208,7 @@ def mount(context: Context, source: str | None, mountpoint: Path | None, branch:
         store.close()
     try:
         launcher.start_daemon(store.path, chosen.name, mountpoint, allow_other=allow_other, xattrs=xattrs,
-                              foreground=foreground, debug=debug)
+                              foreground=foreground, debug=debug, remote_cache=cache_bytes if lazy else None)
     except BaseException:
         if created and not launcher.is_mounted(mountpoint):
             mountpoint.rmdir()
@@ -235,6 +253,46 @@ def _beside_workspace(store: Store, record: SnapshotRecord) -> Path:
         if status.get("store") == str(store.path) and status.get("branch_id") == record.branch:
             return Path(f"{entry.mountpoint}-at-{record.id}")
     return Path.cwd() / f"cowfs-at-{record.id}"
+
+
+def _parse_size(text: str) -> int:
+    from cowfs.fs.remote.cache import MINIMUM_LIMIT
+
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("IB"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        size = int(float(number) * units[unit])
+    except ValueError:
+        fail(f"{text!r} is not a size; write it like 512M or 4G")
+    if size < MINIMUM_LIMIT:
+        fail(f"a cache of {text} cannot hold what one read fetches; give at least {MINIMUM_LIMIT >> 20}M")
+    return size
+
+
+def _remote_names(store: Store) -> set[str]:
+    from cowfs.fs.remote.bucket import load_remotes
+
+    return set(load_remotes(store))
+
+
+def _lazy_pull(store: Store, remote_name: str, ref: str) -> SnapshotRecord:
+    """The local snapshot standing for a remote one, made without its data when not here yet."""
+    from cowfs.cli.remote import pull as pull_snapshot
+    from cowfs.fs.remote.bucket import remote_named
+
+    with progress_on_terminal(False) as progress:
+        report = pull_snapshot(store, remote_named(store, remote_name), ref, progress, lazy=True)
+    return store.resolve_snapshot(report.local_snapshot)
+
+
+def _check_mountpoint_free(mountpoint: Path) -> None:
+    """Refuse a mount point in use before a lazy pull makes anything."""
+    if launcher.is_mounted(mountpoint) and launcher.daemon_alive(mountpoint):
+        fail(f"{mountpoint} is already mounted; `cowfs umount {mountpoint}` first")
+    if mountpoint.is_dir() and any(mountpoint.iterdir()):
+        fail(f"mount point {mountpoint} is not empty; cowfs mounts only on an empty directory")
 
 
 def _check_mountpoint(mountpoint: Path) -> bool:
@@ -634,7 +692,8 @@ def gc(context: Context, as_json: bool) -> None:
 
 
 def _log_remote(context: Context, remote_name: str, as_json: bool, limit: int, cells: bool) -> None:
-    from cowfs.cli.remote import Bucket, remote_snapshots
+    from cowfs.cli.remote import remote_snapshots
+    from cowfs.fs.remote.bucket import Bucket
 
     found = [s for s in remote_snapshots(Bucket(_remote_config(context, remote_name))) if s["meta"].get("kind") != "vars"][::-1][:limit or None]
     if cells:
@@ -659,7 +718,7 @@ def remote() -> None:
 @click.pass_obj
 def remote_add(context: Context, name: str, url: str, endpoint_url: str | None) -> None:
     """Name a bucket and prefix: `cowfs remote add team s3://bucket/prefix`."""
-    from cowfs.cli.remote import RemoteConfig, load_remotes, save_remotes
+    from cowfs.fs.remote.bucket import RemoteConfig, load_remotes, save_remotes
     from cowfs.fs.store import check_branch_name
 
     check_branch_name(name)  # remote names become branch names of pulled snapshots
@@ -679,7 +738,7 @@ def remote_add(context: Context, name: str, url: str, endpoint_url: str | None) 
 @click.pass_obj
 def remote_list(context: Context) -> None:
     """The remotes of this store."""
-    from cowfs.cli.remote import load_remotes
+    from cowfs.fs.remote.bucket import load_remotes
 
     store = context.open_store(readonly=True)
     try:
@@ -690,7 +749,7 @@ def remote_list(context: Context) -> None:
 
 
 def _remote_config(context: Context, name: str):
-    from cowfs.cli.remote import remote_named
+    from cowfs.fs.remote.bucket import remote_named
 
     store = context.open_store(readonly=True)
     try:
@@ -711,7 +770,7 @@ def _current_branch(store: Store) -> str:
 def _exchange(context: Context, remote_name: str, as_json: bool, work):
     """Run a push or pull on the store and a remote; prints the JSON report (and returns None)
     with --json, else returns the report for the command to describe."""
-    from cowfs.cli.remote import remote_named
+    from cowfs.fs.remote.bucket import remote_named
 
     store = context.open_store()
     try:

@@ -16,69 +16,28 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from cowfs.fs.chunks import SealedChunk, digest_of, unseal
+from cowfs.fs.chunks import SealedChunk, digest_of
 from cowfs.fs.errors import CorruptChunkError, StoreError
 from cowfs.fs.history import is_durable
 from cowfs.fs.keys import DB_CHUNKS
 from cowfs.fs.packs import HEADER, record_header
 from cowfs.fs.progress import Progress, silent
-from cowfs.fs.records import ChunkLocation, SnapshotRecord
+from cowfs.fs.remote.bucket import Bucket, RemoteConfig
+from cowfs.fs.remote.transfer import fetch_verified
+from cowfs.fs.records import ChunkLocation, RemoteChunk, SnapshotRecord
 from cowfs.fs.store import Store, open_private
 from cowfs.fs.tree import Tree
 from cowfs.fs.treeobjects import materialize, snapshot_objects, tree_digests
 
 PACK_TARGET = 16 << 20
-READ_GAP = 1 << 20  # chunks of one pack closer than this come in one ranged GET
 REPACK_BELOW_LIVE = 0.5  # a pack less than half alive is rewritten by `remote gc`
-REMOTES_FILE = "remotes.json"
 
 
-# -- configuration ---------------------------------------------------------------------------------
-@dataclass
-class RemoteConfig:
-    name: str
-    url: str
-    endpoint_url: str | None = None
-
-    @property
-    def bucket_and_prefix(self) -> tuple[str, str]:
-        if not self.url.startswith("s3://"):
-            raise StoreError(f"remote {self.name}: {self.url!r} is not an s3://bucket/prefix address")
-        bucket, _, prefix = self.url[len("s3://"):].partition("/")
-        if not bucket:
-            raise StoreError(f"remote {self.name}: {self.url!r} names no bucket")
-        return bucket, prefix.strip("/")
-
-
-def load_remotes(store: Store) -> dict[str, RemoteConfig]:
-    path = store.path / REMOTES_FILE
-    if not path.exists():
-        return {}
-    with os.fdopen(open_private(path, os.O_RDONLY)) as handle:
-        return {name: RemoteConfig(**config) for name, config in json.load(handle).items()}
-
-
-def save_remotes(store: Store, remotes: dict[str, RemoteConfig]) -> None:
-    path = store.path / REMOTES_FILE
-    temporary = path.with_suffix(".tmp")
-    with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as handle:
-        json.dump({name: asdict(config) for name, config in remotes.items()}, handle, indent=2)
-    os.replace(temporary, path)
-
-
-def remote_named(store: Store, name: str) -> RemoteConfig:
-    remotes = load_remotes(store)
-    if name not in remotes:
-        known = ", ".join(sorted(remotes)) or "none yet"
-        raise StoreError(f"no remote named {name!r} (known: {known}); add one with "
-                         "`cowfs remote add NAME s3://bucket/prefix`")
-    return remotes[name]
-
-
+# -- identity ------------------------------------------------------------------------------------
 def store_id(store: Store) -> str:
     """A name for this store that no other store has: snapshots keep it across machines."""
     path = store.path / "store-id"
@@ -93,90 +52,17 @@ def global_id(store: Store, record: SnapshotRecord) -> str:
     return record.meta.get("remote_id") or f"{store_id(store)[:12]}-{record.id}"
 
 
-# -- the bucket ------------------------------------------------------------------------------------
-@dataclass
-class Traffic:
-    uploaded: int = 0
-    downloaded: int = 0
-    requests: int = 0
-
-
-class Bucket:
-    """The remote's objects, through the standard AWS SDK: credentials and endpoint the AWS way
-    (environment, AWS_PROFILE, AWS_ENDPOINT_URL), or the endpoint given to `remote add`."""
-
-    def __init__(self, config: RemoteConfig) -> None:
-        try:
-            import boto3
-            import botocore.exceptions
-        except ImportError:
-            raise StoreError("remotes need the AWS SDK: `pip install 'cowfs[remote]'` (boto3)") from None
-        self.name = config.name
-        self.bucket, self.prefix = config.bucket_and_prefix
-        self.client = boto3.client("s3", endpoint_url=config.endpoint_url or None)
-        self.errors = botocore.exceptions
-        self.traffic = Traffic()
-
-    def _key(self, kind: str, name: str) -> str:
-        return f"{self.prefix}/{kind}/{name}" if self.prefix else f"{kind}/{name}"
-
-    def _call(self, what: str, action: Callable):
-        try:
-            self.traffic.requests += 1
-            return action()
-        except self.errors.NoCredentialsError:
-            raise StoreError(f"remote {self.name}: no AWS credentials (set AWS_ACCESS_KEY_ID and "
-                             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
-        except self.errors.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            raise StoreError(f"remote {self.name}: {what} failed: {code or exc}") from None
-        except (self.errors.EndpointConnectionError, self.errors.ConnectionError) as exc:
-            raise StoreError(f"remote {self.name}: cannot reach the object store ({exc})") from None
-        except self.errors.HTTPClientError as exc:  # the connection broke mid-request, or timed out
-            raise StoreError(f"remote {self.name}: {what} failed, the connection to the object store broke "
-                             f"({exc}); run the command again, what arrived is kept") from None
-
-    def names(self, kind: str) -> list[str]:
-        return list(self.objects(kind))
-
-    def objects(self, kind: str) -> dict[str, tuple[float, int]]:
-        """Each object's age in seconds (by the object store's clock) and size."""
-        prefix = self._key(kind, "")
-        found: dict[str, tuple[float, int]] = {}
-
-        def listing() -> None:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    found[item["Key"][len(prefix):]] = (item["LastModified"].timestamp(), item["Size"])
-
-        self._call(f"listing {prefix}", listing)
-        now = max([time.time(), *(stamp for stamp, _ in found.values())])  # never behind the store's clock
-        return {name: (now - stamp, size) for name, (stamp, size) in found.items()}
-
-    def delete(self, kind: str, name: str) -> None:
-        key = self._key(kind, name)
-        self._call(f"deleting {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
-
-    def get(self, kind: str, name: str, first: int | None = None, last: int | None = None) -> bytes:
-        extra = {} if first is None else {"Range": f"bytes={first}-{last}"}
-        key = self._key(kind, name)
-        body = self._call(f"reading {key}",
-                          lambda: self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read())
-        self.traffic.downloaded += len(body)
-        return body
-
-    def put_new(self, kind: str, name: str, body: bytes) -> None:
-        """Write a key that must not exist yet (names are contents' hashes or unique ids)."""
-        key = self._key(kind, name)
-        self._call(f"writing {key}", lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=body))
-        if kind != "leases":  # coordination, not what was shared
-            self.traffic.uploaded += len(body)
-
-
 # -- what the remote holds -------------------------------------------------------------------------
 @dataclass
 class RemoteIndex:
     chunks: dict[bytes, tuple[str, ChunkLocation]] = field(default_factory=dict)
+
+    def where(self, digest: bytes) -> tuple[str, ChunkLocation]:
+        """The pack holding a chunk a remote snapshot names, or why the remote is damaged."""
+        if digest not in self.chunks:
+            raise StoreError(f"the remote's snapshot needs chunk {digest.hex()[:16]}, which no index of the "
+                             "remote lists; the remote is damaged (was a pack deleted by hand?)")
+        return self.chunks[digest]
 
     @classmethod
     def load(cls, bucket: Bucket, cache: Path | None = None) -> "RemoteIndex":
@@ -362,45 +248,16 @@ class PullReport:
     branch: str = ""
     files: int = 0
     chunks_fetched: int = 0
+    chunks_left_remote: int = 0  # a lazy pull: fetched when read
     bytes_downloaded: int = 0
     requests: int = 0
     seconds: float = 0.0
 
 
-def coalesced_ranges(wanted: list[tuple[bytes, ChunkLocation]]) -> Iterator[list[tuple[bytes, ChunkLocation]]]:
-    """Chunks of one pack, sorted by offset, grouped so that each group is one ranged GET."""
-    group: list[tuple[bytes, ChunkLocation]] = []
-    for digest, location in sorted(wanted, key=lambda item: item[1].offset):
-        if group:
-            last = group[-1][1]
-            if location.offset - (last.offset + last.stored_len) > READ_GAP:
-                yield group
-                group = []
-        group.append((digest, location))
-    if group:
-        yield group
-
-
 def fetch_chunks(bucket: Bucket, index: RemoteIndex,
                  digests: Iterable[bytes]) -> Iterator[tuple[SealedChunk, bytes]]:
-    """Download chunks (adjacent ones of a pack together), each verified against its hash:
-    the chunk as stored, and its bytes."""
-    by_pack: dict[str, list[tuple[bytes, ChunkLocation]]] = {}
-    for digest in digests:
-        if digest not in index.chunks:
-            raise StoreError(f"the remote's snapshot needs chunk {digest.hex()[:16]}, which no index of the "
-                             "remote lists; the remote is damaged (was a pack deleted by hand?)")
-        pack, location = index.chunks[digest]
-        by_pack.setdefault(pack, []).append((digest, location))
-    for pack, wanted in by_pack.items():
-        for group in coalesced_ranges(wanted):
-            first = group[0][1].offset
-            last = group[-1][1].offset + group[-1][1].stored_len - 1
-            body = bucket.get("packs", pack, first, last)
-            for digest, location in group:
-                payload = body[location.offset - first:location.offset - first + location.stored_len]
-                data = unseal(digest, payload, location.raw_len, f"remote pack {pack}")  # raises if damaged
-                yield SealedChunk(digest, payload, location.raw_len), data
+    """Download chunks the remote's indexes list (adjacent ones of a pack together), verified."""
+    return fetch_verified(bucket, [(digest, *index.where(digest)) for digest in digests])
 
 
 def tree_reader(bucket: Bucket, index: RemoteIndex) -> Callable[[bytes], bytes]:
@@ -415,13 +272,20 @@ def tree_reader(bucket: Bucket, index: RemoteIndex) -> Callable[[bytes], bytes]:
     return fetch_tree
 
 
-def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = silent) -> PullReport:
+def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = silent, *,
+         lazy: bool = False) -> PullReport:
+    """Make a remote snapshot a local one on a branch of its own. A lazy pull fetches only its
+    tree objects: the data chunks this store lacks are listed as remote chunks, and reading
+    them fetches them into the bounded cache (docs/remotes.md, "Lazy mounts")."""
     started = time.monotonic()
     bucket = Bucket(config)
     document = resolve_remote(remote_snapshots(bucket), ref)
     report = PullReport(config.name, snapshot=document["id"])
     for record in store.snapshots():
         if record.meta.get("remote_id") == document["id"]:
+            if lazy:  # mounting it again: a new branch on the snapshot this store has
+                report.local_snapshot = record.name
+                return report
             raise StoreError(f"snapshot {document['id']} is here already, as {record.name}; "
                              f"`cowfs mount {record.name} DIR` opens it")
     index = RemoteIndex.load(bucket, index_cache(store, bucket))
@@ -430,20 +294,12 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     chunks_db = store.index.db(DB_CHUNKS)
     with store.index.reading() as txn:
         missing = sorted(d for d in needed if txn.get(d, db=chunks_db) is None)
-    batch: list[SealedChunk] = []
-    try:
-        for done, (chunk, _) in enumerate(fetch_chunks(bucket, index, missing)):
-            progress(f"pulling {document['id']}: chunks", done, len(missing))
-            batch.append(chunk)
-            if sum(c.raw_len for c in batch) >= PACK_TARGET:
-                store.index.write(lambda txn, part=batch: store.add_chunks(txn, part))
-                batch = []
-    except CorruptChunkError as exc:
-        raise StoreError(f"cannot pull {document['id']}: {exc.strerror}, so the remote's copy is damaged; "
-                         "no snapshot was added to this store") from None
-    if batch:
-        store.index.write(lambda txn: store.add_chunks(txn, batch))
-    report.chunks_fetched = len(missing)
+    if lazy:
+        _list_remote_chunks(store, config.name, index, missing)
+        report.chunks_left_remote = len(missing)
+    else:
+        _fetch_into_store(store, bucket, index, missing, document["id"], progress)
+        report.chunks_fetched = len(missing)
     branch = store.new_empty_branch(f"{config.name}-{document['source']['snapshot'].lstrip('@')}")
     tree = Tree(store, branch.id)
     progress(f"pulling {document['id']}: files", 0, 0)
@@ -451,6 +307,8 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     tree.flush()
     meta = {key: value for key, value in document["meta"].items() if key != "changed_paths"}  # of its source
     meta |= {"remote_id": document["id"], "remote": config.name, "pulled_from": document["source"]}
+    if lazy:
+        meta["lazy"] = True
     tree.snapshot(document["label"], meta)
     tree.flush()
     store.sync()
@@ -461,6 +319,27 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     return report
 
 
+def _fetch_into_store(store: Store, bucket: Bucket, index: RemoteIndex, missing: list[bytes], name: str,
+                      progress: Progress) -> None:
+    """Store the missing chunks as they came (verified), in transactions of about a pack."""
+    batch: list[SealedChunk] = []
+    try:
+        for done, (chunk, _) in enumerate(fetch_chunks(bucket, index, missing)):
+            progress(f"pulling {name}: chunks", done, len(missing))
+            batch.append(chunk)
+            if sum(c.raw_len for c in batch) >= PACK_TARGET:
+                store.index.write(lambda txn, part=batch: store.add_chunks(txn, part))
+                batch = []
+    except CorruptChunkError as exc:
+        raise StoreError(f"cannot pull {name}: {exc.strerror}, so the remote's copy is damaged; "
+                         "no snapshot was added to this store") from None
+    if batch:
+        store.index.write(lambda txn: store.add_chunks(txn, batch))
+
+
+def _list_remote_chunks(store: Store, remote: str, index: RemoteIndex, missing: list[bytes]) -> None:
+    where = [(digest, RemoteChunk(remote, *index.where(digest))) for digest in missing]
+    store.index.write(lambda txn: store.put_remote_chunks(txn, where))
 
 
 # -- forgetting and reclaiming ---------------------------------------------------------------------

@@ -32,6 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--xattrs", action="store_true")
     parser.add_argument("--foreground", action="store_true")
     parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--remote-cache-size", type=int, help="bytes the chunks of remote snapshots may take")
     parser.add_argument("mountpoint")
     return parser.parse_args(argv)
 
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ready_fd = args.ready_fd
     try:
         store = Store.open(Path(args.store))
+        if args.remote_cache_size:
+            store.remote_cache_limit = args.remote_cache_size
         branch = store.branch_named(args.branch)
         setup_logging(store.path, branch.name, args.foreground, args.debug)
         check_mountpoint(mountpoint)
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cowfs: {message}", file=sys.stderr)
         return 1
     raise_read_ahead(mountpoint)
-    daemon = Daemon(store, branch, tree, flusher, mountpoint, socket_path, operations.changes)
+    daemon = Daemon(store, branch, tree, flusher, mountpoint, socket_path, operations.changes,
+                    operations.remote_reads)
     clean = False
     try:
         trio.run(daemon.run, ready_fd)

@@ -19,7 +19,8 @@ import pyfuse3
 
 from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.flusher import Flusher
-from cowfs.fs.errors import CorruptChunkError, FsError
+from cowfs.daemon.remote_reads import RemoteReads
+from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
 from cowfs.fs.listing import DirListing
 from cowfs.fs.records import InodeAttrs
 from cowfs.fs.tree import BLOCK_SIZE, Tree
@@ -31,17 +32,18 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 ENTRY_TIMEOUT = 300.0
 ATTR_TIMEOUT = 300.0
 DIRECTORY_SIZE = 4096
+REMOTE_RETRIES = 4  # fetches one request may wait for (each brings a window of blocks)
 SPARSE_CHECK_MIN = 1 << 20  # smaller files are reported dense: their st_blocks costs no scan
 
 
-def translate_errors(handler: F) -> F:
+def _translated(handler: F) -> F:
     """Engine errors become the errno the caller sees; anything else is logged and is EIO."""
 
     @functools.wraps(handler)
     async def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
+        except (pyfuse3.FUSEError, RemoteChunkNeeded):  # the latter is for translate_errors
             raise
         except CorruptChunkError as exc:
             operations = args[0]
@@ -57,6 +59,28 @@ def translate_errors(handler: F) -> F:
             raise pyfuse3.FUSEError(errno.EIO)
 
     return wrapped  # type: ignore[return-value]
+
+
+def translate_errors(handler: F) -> F:
+    """Errors translated as ``_translated`` does; and a request that needs a chunk of a lazily
+    mounted remote snapshot waits for it and runs again (every handler can: what it changed
+    before it met the chunk, it changes the same way the second time)."""
+    handler = _translated(handler)
+
+    @functools.wraps(handler)
+    async def wrapped(*args: Any, **kwargs: Any) -> Any:
+        for _ in range(REMOTE_RETRIES):
+            try:
+                return await handler(*args, **kwargs)
+            except RemoteChunkNeeded as needed:  # a lazily mounted file: fetch, then ask again
+                await args[0].remote_reads.fetch(needed, handler.__name__)
+        log.error("I/O error in %s: chunks kept leaving the remote cache before they could be read; "
+                  "mount with a larger --cache-size", handler.__name__)
+        raise pyfuse3.FUSEError(errno.EIO)
+
+    return wrapped  # type: ignore[return-value]
+
+
 
 
 def entry_attributes(ino: int, attrs: InodeAttrs, stored_blocks: int | None = None) -> pyfuse3.EntryAttributes:
@@ -111,6 +135,7 @@ class CowOperations(pyfuse3.Operations):
         self.changes = ChangedPaths()
         self._stored_blocks: dict[int, int] = {}  # of large files, until their data changes
         self._next_dir_handle = 1
+        self.remote_reads = RemoteReads(tree)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _require_xattrs(self) -> None:
@@ -175,6 +200,7 @@ class CowOperations(pyfuse3.Operations):
             if self.lookups[ino] <= 0:
                 del self.lookups[ino]
                 self._stored_blocks.pop(ino, None)
+                self.remote_reads.forget(ino)
                 self.changes.forgotten(ino)
                 if ino in self.nameless:  # forgetting any other inode needs no look at the store
                     self.nameless.discard(ino)
@@ -287,7 +313,9 @@ class CowOperations(pyfuse3.Operations):
 
     @translate_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return self.tree.read(fh, off, size)
+        data = self.tree.read(fh, off, size)
+        self.remote_reads.after_read(fh, off + len(data))
+        return data
 
     @translate_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -20,6 +20,7 @@ from cowfs.daemon import control
 from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.control import RequestError
 from cowfs.daemon.flusher import Flusher
+from cowfs.daemon.remote_reads import RemoteReads
 from cowfs.fs.records import BranchRecord
 from cowfs.fs.store import Store, describe
 from cowfs.fs.tree import Tree
@@ -38,6 +39,7 @@ class Daemon:
     mountpoint: Path
     socket_path: Path
     changes: ChangedPaths = field(default_factory=ChangedPaths)
+    remote_reads: RemoteReads | None = None
     started: float = field(default_factory=time.time)
     stop_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -129,6 +131,8 @@ class Daemon:
             await nursery.start(self.flusher.run)
             nursery.start_soon(self.flusher.run_timer)
             await nursery.start(control.serve, self.socket_path, self.handle)
+            if self.remote_reads is not None:
+                await nursery.start(self.remote_reads.run)
             nursery.start_soon(self.watch_signals)
             nursery.start_soon(self.stop_when_asked)
             if ready_fd is not None:

@@ -22,3 +22,17 @@ class CorruptChunkError(FsError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(errno_codes.EIO, detail)
+
+
+class RemoteChunkNeeded(Exception):
+    """A block of a lazily mounted remote snapshot whose chunk is neither in the store nor in
+    its cache yet. Not an error of the store: whoever can reach the remote fetches the chunk
+    (off the request's thread) and asks again. ``ino`` and ``block`` say where it was needed,
+    so the fetch can bring the blocks after it along."""
+
+    def __init__(self, digest: bytes, where: object) -> None:
+        super().__init__(f"chunk {digest.hex()[:16]} is on the remote, not here yet")
+        self.digest = digest
+        self.where = where  # a RemoteChunk
+        self.ino: int | None = None
+        self.block: int | None = None

@@ -98,7 +98,8 @@ def check_record_headers(store: Store, report: FsckReport, repair: bool,
 
 
 def check_references(store: Store, report: FsckReport, repair: bool, bad: set[bytes]) -> dict[bytes, list]:
-    """Every block record's chunk must be in the index; returns the records that hit bad chunks."""
+    """Every block record's chunk must be in the index (or, in a lazily mounted remote snapshot,
+    listed as a remote chunk); returns the records that hit bad chunks."""
     hits: dict[bytes, list] = {}
     missing: dict[bytes, list] = {}
     with store.index.reading() as txn:
@@ -110,7 +111,7 @@ def check_references(store: Store, report: FsckReport, repair: bool, bad: set[by
             where = (U32.unpack_from(key)[0], U64.unpack_from(key, 4)[0], epoch_of(key))
             if digest in bad:
                 hits.setdefault(digest, []).append(where)
-            elif txn.get(digest, db=chunks) is None:
+            elif txn.get(digest, db=chunks) is None and store.remote_chunk(txn, digest) is None:
                 missing.setdefault(digest, []).append(where)
     if missing:
         copies = _pack_copies(store)

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, TypeVar
 
 import lmdb
 
-from cowfs.fs.keys import ALL_DBS
+from cowfs.fs.keys import ALL_DBS, OPTIONAL_DBS
 
 T = TypeVar("T")
 INITIAL_MAP_SIZE = 1 << 30
@@ -52,7 +52,8 @@ class Index:
         self.env.set_mapsize(0)
         if readonly:
             try:
-                self.dbs = {name: self.env.open_db(name, create=False) for name in ALL_DBS}
+                self.dbs = {name: self.env.open_db(name, create=False) for name in ALL_DBS
+                            if name not in OPTIONAL_DBS or self._has_table(name)}
             except lmdb.NotFoundError as exc:
                 missing = [name.decode() for name in ALL_DBS if not self._has_table(name)]
                 self.env.close()

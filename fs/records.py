@@ -69,6 +69,24 @@ class ChunkLocation:
 
 
 @dataclass(frozen=True)
+class RemoteChunk:
+    """Where a chunk this store does not hold sits on a remote: the remote's name (its entry in
+    remotes.json), the pack object and the chunk's place in it."""
+
+    remote: str
+    pack: str
+    location: ChunkLocation  # pack field unused (0): remote packs are named, not numbered
+
+    def encode(self) -> bytes:
+        return self.location.encode() + f"{self.remote}\0{self.pack}".encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "RemoteChunk":
+        remote, _, pack = raw[_CHUNK.size:].decode().partition("\0")
+        return cls(remote, pack, ChunkLocation.decode(raw[:_CHUNK.size]))
+
+
+@dataclass(frozen=True)
 class BranchRecord:
     """A line of history. ``head`` is the epoch live writes go to; ``parent`` is the
     ``(branch, epoch)`` it was forked from, whose records it sees until it writes its own."""

@@ -15,19 +15,21 @@ import stat
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import lmdb
 
 from cowfs.fs import versions
 from cowfs.fs.cache import ByteLRU
 from cowfs.fs.chunks import SealedChunk, unseal
-from cowfs.fs.errors import CorruptChunkError, StoreError
+from cowfs.fs.errors import CorruptChunkError, RemoteChunkNeeded, StoreError
 from cowfs.fs.index import Index
 from cowfs.fs.keys import (DB_BRANCH_NAMES, DB_BRANCHES, DB_CHUNKS, DB_INODES, DB_META,
-                           DB_RECENT_REFS, DB_SNAPSHOTS, U32, U64)
+                           DB_RECENT_REFS, DB_REMOTE_CHUNKS, DB_SNAPSHOTS, U32, U64)
 from cowfs.fs.packs import PackMissingError, PackReader, PackWriter, sync_directory
-from cowfs.fs.records import BranchRecord, ChunkLocation, InodeAttrs, SnapshotRecord, format_snapshot_id
+from cowfs.fs.records import (BranchRecord, ChunkLocation, InodeAttrs, RemoteChunk, SnapshotRecord,
+                              format_snapshot_id)
+from cowfs.fs.remote.cache import DEFAULT_LIMIT, ChunkCache
 from cowfs.fs.versions import View
 
 FORMAT = b"cowfs-store-1"
@@ -59,6 +61,11 @@ class Store:
         self.packs = PackReader(path / "packs")
         self.chunk_cache: ByteLRU[bytes] = ByteLRU(64 << 20)
         self._writer: PackWriter | None = None
+        self.remote_cache_limit = DEFAULT_LIMIT
+        self._remote_caches: dict[str, ChunkCache] = {}
+        # How a process that may block on the network gets a remote chunk it lacks (the CLI sets
+        # one); without it, reading one raises RemoteChunkNeeded for the caller to fetch and retry.
+        self.fetch_remote: Callable[[list[tuple[bytes, RemoteChunk]]], None] | None = None
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -378,7 +385,7 @@ class Store:
             return cached
         raw = txn.get(digest, db=self.index.db(DB_CHUNKS))
         if raw is None:
-            raise CorruptChunkError(f"chunk {digest.hex()[:16]} is referenced but not in the chunk index")
+            return self._read_remote_chunk(txn, digest)
         location = ChunkLocation.decode(raw)
         try:
             payload = self.packs.read(location)
@@ -391,6 +398,52 @@ class Store:
             location = ChunkLocation.decode(raw)
             payload = self.packs.read(location)
         data = unseal(digest, payload, location.raw_len, f"pack {location.pack}")
+        self.chunk_cache.put(digest, data)
+        return data
+
+    # -- chunks of lazily mounted remote snapshots ------------------------------------------------
+    def remote_chunk(self, txn: lmdb.Transaction, digest: bytes) -> RemoteChunk | None:
+        table = self.index.dbs.get(DB_REMOTE_CHUNKS)
+        raw = txn.get(digest, db=table) if table is not None else None
+        return RemoteChunk.decode(raw) if raw is not None else None
+
+    def has_remote_chunks(self) -> bool:
+        table = self.index.dbs.get(DB_REMOTE_CHUNKS)
+        with self.index.reading() as txn:
+            return table is not None and txn.stat(table)["entries"] > 0
+
+    def put_remote_chunks(self, txn: lmdb.Transaction, chunks: Iterable[tuple[bytes, RemoteChunk]]) -> None:
+        table = self.index.db(DB_REMOTE_CHUNKS)
+        for digest, where in chunks:
+            txn.put(digest, where.encode(), db=table)
+
+    def remote_cache(self, remote: str) -> ChunkCache:
+        cache = self._remote_caches.get(remote)
+        if cache is None:
+            check_branch_name(remote)  # remote names are checked when added; never a path
+            cache = ChunkCache(self.path / "remote-cache" / remote / "chunks", self.remote_cache_limit)
+            self._remote_caches[remote] = cache
+        return cache
+
+    def _read_remote_chunk(self, txn: lmdb.Transaction, digest: bytes) -> bytes:
+        where = self.remote_chunk(txn, digest)
+        if where is None:
+            raise CorruptChunkError(f"chunk {digest.hex()[:16]} is referenced but not in the chunk index")
+        cache = self.remote_cache(where.remote)
+        payload = cache.get(digest)
+        if payload is None and self.fetch_remote is not None:
+            self.fetch_remote([(digest, where)])
+            cached = self.chunk_cache.get(digest)
+            if cached is not None:
+                return cached
+            payload = cache.get(digest)
+        if payload is None:
+            raise RemoteChunkNeeded(digest, where)
+        try:
+            data = unseal(digest, payload, where.location.raw_len, f"the cache of remote {where.remote}")
+        except CorruptChunkError:  # the cache file was damaged here; the remote's copy may be fine
+            cache.discard(digest)
+            raise RemoteChunkNeeded(digest, where) from None
         self.chunk_cache.put(digest, data)
         return data
 

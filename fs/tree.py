@@ -28,7 +28,7 @@ import lmdb
 
 from cowfs.fs import versions
 from cowfs.fs.chunks import SealedChunk, digest_of, seal
-from cowfs.fs.errors import CorruptChunkError, FsError
+from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
 from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_CHUNKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
 from cowfs.fs.listing import DirListing
@@ -548,7 +548,13 @@ class Tree:
             if key in batch.blocks:
                 return batch.blocks[key]
         digest = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
-        return None if digest is None else self.store.read_chunk(txn, digest)
+        if digest is None:
+            return None
+        try:
+            return self.store.read_chunk(txn, digest)
+        except RemoteChunkNeeded as needed:  # say where, so the fetch can read ahead in this file
+            needed.ino, needed.block = ino, index
+            raise
 
     def _dirty_block(self, txn: lmdb.Transaction, ino: int, index: int, whole: bool) -> bytearray:
         key = (ino, index)
@@ -617,8 +623,8 @@ class Tree:
     def adopt_blocks(self, ino: int, blocks: list[tuple[int, bytes]], size: int) -> None:
         """Give a new file blocks whose chunks the store already holds, by digest: a pull stores
         the remote's chunks as they came (verified), so reading, hashing and compressing them
-        again through ``write`` would only cost time. Every digest must be in the chunk index,
-        which keeps "every block names a stored chunk" true."""
+        again through ``write`` would only cost time. Every digest must be in the chunk index, or
+        listed as a remote chunk (a lazy pull), which keeps "every block names a chunk" true."""
         self._writable()
         chunks_db = self.store.index.db(DB_CHUNKS)
 
@@ -626,7 +632,7 @@ class Tree:
             if not self._attrs(txn, ino).is_reg or any(key[0] == ino for key in self.dirty_blocks):
                 raise FsError(errno.EINVAL)
             for index, digest in blocks:
-                if txn.get(digest, db=chunks_db) is None:
+                if txn.get(digest, db=chunks_db) is None and self.store.remote_chunk(txn, digest) is None:
                     raise CorruptChunkError(f"chunk {digest.hex()[:16]} is not in the store; it cannot be adopted")
                 versions.put(txn, self._db_blocks, self.branch_id, self.head, ino, block_name(index), digest)
 
@@ -791,6 +797,18 @@ class Tree:
             except FsError:
                 return None
         return ino, attrs
+
+    def blocks_from(self, ino: int, first: int, count: int) -> list[tuple[int, bytes]]:
+        """The committed digests of blocks ``first`` to ``first + count - 1`` of a file, in order
+        (holes left out): what a read-ahead of the next blocks needs."""
+        with self.store.index.reading() as txn:
+            last = min(first + count, -(-self._attrs(txn, ino).size // BLOCK_SIZE))
+            found = []
+            for index in range(first, last):
+                digest = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
+                if digest is not None:
+                    found.append((index, digest))
+            return found
 
     def block_digests(self, ino: int) -> dict[bytes, bytes]:
         """The stored chunk of every block of a file (what diff compares)."""

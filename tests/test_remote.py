@@ -4,8 +4,10 @@ dedup across the network."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from conftest import Workspace, needs_fuse, run_cli
+from conftest import Workspace, drop_caches, needs_fuse, run_cli
 from test_mount_snapshots import tree_digest
 
 pytestmark = needs_fuse
@@ -256,3 +258,103 @@ def test_a_push_cut_off_midway_resumes_without_sending_again_what_arrived(worksp
         assert tree_digest(back) == tree_digest(mnt)
     finally:
         proxy.close()
+
+
+def cache_bytes(store: Path) -> int:
+    return sum(p.stat().st_size for p in (store / "remote-cache").rglob("*") if p.is_file() and "chunks" in p.parts)
+
+
+def test_a_lazy_mount_fetches_only_what_is_read_and_fails_cleanly_when_the_remote_is_gone(
+        workspace, aws, s3_server, tmp_path, monkeypatch):
+    """`cowfs mount team:SNAP DIR` on another store: the mount downloads no file data, reading a
+    file fetches its chunks (byte for byte), data read once is served when the remote is gone,
+    a read the remote cannot serve is EIO with a logged reason (then works when it is back),
+    and writes on the branch (into blocks never fetched) leave the snapshot as it was."""
+    import hashlib
+
+    mnt = workspace.mount()
+    (mnt / "data").mkdir()
+    (mnt / "data" / "big.bin").write_bytes(os.urandom(24 << 20))
+    (mnt / "data" / "unread.bin").write_bytes(os.urandom(3 << 20))
+    (mnt / "notes.txt").write_text("before the SVM\n" * 1000)
+    workspace.snap(mnt, "shared", wait=True)
+    expected = tree_digest(mnt)
+    workspace.cli("remote", "add", "team", f"s3://{aws}/p")
+    cowfs_json(workspace.store, "push", "team")
+
+    proxy = servers.CuttingProxy(int(s3_server.rsplit(":", 1)[1]))
+    other = another_store(tmp_path, "other")
+    try:
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        other.cli("remote", "add", "team", f"s3://{aws}/p", "--endpoint-url", proxy.url)
+        lazy = other.mount("team:shared", name="from-alice")
+        assert cache_bytes(other.store) == 0, "mounting fetched no file data"
+        assert sorted(p.name for p in (lazy / "data").iterdir()) == ["big.bin", "unread.bin"]
+        assert (lazy / "data" / "big.bin").stat().st_size == 24 << 20
+
+        assert (lazy / "notes.txt").read_text() == "before the SVM\n" * 1000
+        assert 0 < cache_bytes(other.store) < 64 << 10, "reading a small file fetched only its chunk"
+        wanted = hashlib.sha256((mnt / "data" / "big.bin").read_bytes()).hexdigest()
+        assert hashlib.sha256((lazy / "data" / "big.bin").read_bytes()).hexdigest() == wanted
+        assert cache_bytes(other.store) < 28 << 20, "unread.bin was not fetched"
+
+        proxy.cut_after(0)  # the remote is gone
+        drop_caches()
+        assert hashlib.sha256((lazy / "data" / "big.bin").read_bytes()).hexdigest() == wanted, \
+            "data read once is served from the local cache"
+        with pytest.raises(OSError) as failed:
+            (lazy / "data" / "unread.bin").read_bytes()
+        assert failed.value.errno == errno.EIO
+        log = (other.store / "logs").glob("*.log")
+        assert any("could not be fetched from remote team" in p.read_text() for p in log)
+        assert other.cli("fsck").returncode == 0, "an interrupted lazy read leaves the store consistent"
+
+        proxy.restore()
+        with open(lazy / "data" / "unread.bin", "r+b") as handle:  # a write into a block never fetched
+            handle.seek(200_000)
+            handle.write(b"changed here")
+        drop_caches()
+        changed = (lazy / "data" / "unread.bin").read_bytes()
+        original = (mnt / "data" / "unread.bin").read_bytes()
+        assert changed == original[:200_000] + b"changed here" + original[200_012:]
+        pristine = other.mount("team:shared", name="again")
+        assert tree_digest(pristine) == expected, "the lazily pulled snapshot never changes"
+        assert other.cli("fsck").returncode == 0
+    finally:
+        other.unmount_all()
+        proxy.close()
+
+
+def test_a_lazy_mount_keeps_its_cache_under_the_limit_and_never_serves_a_damaged_chunk(
+        workspace, aws, tmp_path):
+    import boto3
+    import hashlib
+
+    mnt = workspace.mount()
+    (mnt / "large.bin").write_bytes(os.urandom(40 << 20))
+    workspace.snap(mnt, "large", wait=True)
+    workspace.cli("remote", "add", "team", f"s3://{aws}/p")
+    cowfs_json(workspace.store, "push", "team")
+
+    other = another_store(tmp_path, "other", aws, "p")
+    try:
+        lazy = other.mount("team:large", name="lazy", options=("--cache-size", "16M"))
+        wanted = hashlib.sha256((mnt / "large.bin").read_bytes()).hexdigest()
+        assert hashlib.sha256((lazy / "large.bin").read_bytes()).hexdigest() == wanted
+        assert 0 < cache_bytes(other.store) <= 16 << 20, "the cache never passes its limit"
+        other.umount(lazy)
+
+        s3 = boto3.client("s3")  # one bit of one chunk, in place on the remote
+        pack = next(o["Key"] for o in s3.list_objects_v2(Bucket=aws, Prefix="p/packs/")["Contents"])
+        body = bytearray(s3.get_object(Bucket=aws, Key=pack)["Body"].read())
+        body[len(body) // 4 + 1000] ^= 0xFF  # inside a chunk, not between two
+        s3.put_object(Bucket=aws, Key=pack, Body=bytes(body))
+        shutil.rmtree(other.store / "remote-cache" / "team" / "chunks")
+        lazy = other.mount("team:large", name="lazy2")
+        with pytest.raises(OSError) as failed:
+            (lazy / "large.bin").read_bytes()
+        assert failed.value.errno == errno.EIO, "a damaged chunk is an I/O error, never wrong bytes"
+        log = "".join(p.read_text() for p in (other.store / "logs").glob("*.log"))
+        assert "fails its hash check" in log and "remote team" in log
+    finally:
+        other.unmount_all()
