@@ -3,11 +3,13 @@ same bytes with the same SDK (boto3) to the same server, and what a second push 
 1 MiB change. The server is moto's S3 API server on 127.0.0.1 (what the tests use), so the
 figures measure cowfs's own work and request pattern, not a network.
 
-    python bench/remote.py [--size-mb 1024] [--files 64]
+    python bench/remote.py [--size-mb 1024] [--files 64] [--lazy-mb 1024]
 
 The workspace holds --files files totalling --size-mb: half random bytes (parquet, pickles,
-images: incompressible), half CSV text. The lazy mount (`cowfs mount team:SNAP`) is not built
-yet, so it has no row.
+images: incompressible), half CSV text. Then one file of --lazy-mb random bytes is added and
+pushed in a third snapshot, and read on another machine two ways: through a lazy mount
+(`cowfs mount team:SNAP`, in an empty store), and by a pull (into the store that has the rest)
+then a read from a mount, beside a plain download of the same file.
 Needs root, /dev/fuse and the `remote` and `test` extras (boto3, moto).
 """
 
@@ -56,10 +58,67 @@ def timed(action) -> tuple[float, object]:
     return time.monotonic() - started, result
 
 
+def read_all(path: Path) -> int:
+    with open(path, "rb", buffering=0) as handle:
+        return sum(len(block) for block in iter(lambda: handle.read(1 << 20), b""))
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def lazy_reads(root: Path, mnt: Path, mounts: list[Path], alice: Path, bob: Path, carol: Path, size_mb: int, s3):
+    """One large file read on another machine: lazily, and by pull-then-read."""
+    big = mnt / "large.bin"
+    with open(big, "wb") as out:
+        for _ in range(size_mb):
+            out.write(os.urandom(1 << 20))
+    third = json.loads(cowfs("snap", "--wait", "--json", str(mnt), store=alice))
+    cowfs("push", "team", "--json", third["id"], store=alice)
+    remote_id = next(s["id"] for s in json.loads(cowfs("log", "--remote", "team", "--json", store=alice))
+                     if s["source"]["snapshot"] == third["id"])
+    s3.upload_file(str(big), "plain", big.name)
+    drop_caches()
+    download, _ = timed(lambda: s3.download_file("plain", big.name, str(root / "downloaded" / big.name)))
+
+    lazy = root / "lazy"
+    mounts.append(lazy)
+    mount_time, _ = timed(lambda: cowfs("mount", f"team:{remote_id}", str(lazy), store=carol))
+    drop_caches()
+    started = time.monotonic()
+    with open(lazy / big.name, "rb", buffering=0) as handle:
+        handle.read(4096)
+    first_byte = time.monotonic() - started
+    lazy_read, _ = timed(lambda: read_all(lazy / big.name))
+
+    pulled_at = root / "pulled"
+    mounts.append(pulled_at)
+
+    def pull_then_read() -> None:
+        local = json.loads(cowfs("pull", "team", remote_id, "--json", store=bob))["local_snapshot"]
+        cowfs("mount", local, str(pulled_at), store=bob)
+        drop_caches()
+        read_all(pulled_at / big.name)
+
+    pull_read, _ = timed(pull_then_read)
+    if os.environ.get("SHOW_LOG"):
+        print("".join(p.read_text() for p in (carol / "logs").glob("*.log")))
+    size = big.stat().st_size
+    return [
+        (f"plain download of one {size_mb} MiB file", download, size, None),
+        ("lazy mount: `cowfs mount team:SNAP DIR`", mount_time, None, None),
+        ("lazy mount: first 4 KiB of the file", first_byte, None, None),
+        ("lazy mount: the rest of the file, in order", lazy_read, size, lazy_read / download),
+        ("pull (the rest was there), mount, read", pull_read, size, pull_read / download),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--files", type=int, default=64)
+    parser.add_argument("--lazy-mb", type=int, default=1024)
     options = parser.parse_args()
     import boto3
 
@@ -70,9 +129,10 @@ def main() -> None:
         s3 = boto3.client("s3")
         for bucket in ("cowfs", "plain"):
             s3.create_bucket(Bucket=bucket)
-        alice, bob, mnt = root / "alice", root / "bob", root / "work"
+        alice, bob, carol, mnt = root / "alice", root / "bob", root / "carol", root / "work"
         mnt.mkdir()
-        for store in (alice, bob):
+        mounts = [mnt]
+        for store in (alice, bob, carol):
             cowfs("init", store=store)
             cowfs("remote", "add", "team", "s3://cowfs/ws", store=store)
         cowfs("mount", str(mnt), store=alice)
@@ -99,20 +159,24 @@ def main() -> None:
             second = json.loads(cowfs("snap", "--wait", "--json", str(mnt), store=alice))
             again_time, again_out = timed(lambda: cowfs("push", "team", "--json", second["id"], store=alice))
             again = json.loads(again_out)
+            lazy_rows = lazy_reads(root, mnt, mounts, alice, bob, carol, options.lazy_mb, s3)
             rows = [
                 ("plain upload (boto3 upload_file)", upload, total, None),
                 ("cowfs push", push_time, pushed["bytes_uploaded"], push_time / upload),
                 ("plain download (boto3 download_file)", download, total, None),
                 ("cowfs pull into an empty store", pull_time, pulled["bytes_downloaded"], pull_time / download),
                 ("cowfs push after a 1 MiB change", again_time, again["bytes_uploaded"], None),
+                *lazy_rows,
             ]
         finally:
-            subprocess.run([sys.executable, "-m", "cowfs.cli.main", "umount", str(mnt)], capture_output=True)
+            for mounted in mounts:
+                subprocess.run([sys.executable, "-m", "cowfs.cli.main", "umount", str(mounted)], capture_output=True)
     print(f"\nS3 push/pull: {options.size_mb} MiB in {options.files} files (half random, half CSV), "
           f"moto server on 127.0.0.1")
     print(f"{'step':40} {'seconds':>9} {'bytes moved':>14} {'x plain':>8}")
     for name, seconds, moved, ratio in rows:
-        print(f"{name:40} {seconds:9.2f} {moved:14,} {'' if ratio is None else f'{ratio:.2f}x':>8}")
+        print(f"{name:40} {seconds:9.3f} {'' if moved is None else f'{moved:,}':>14} "
+              f"{'' if ratio is None else f'{ratio:.2f}x':>8}")
     print(f"(pushed {pushed['chunks_sent']} chunks in {pushed['requests']} requests; pulled "
           f"{pulled['chunks_fetched']} chunks in {pulled['requests']} requests; the second push: "
           f"{again['requests']} requests)")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from cowfs.fs.chunks import SealedChunk, digest_of
+from cowfs.fs.chunks import SealedChunk, digest_of, seal
 from cowfs.fs.errors import CorruptChunkError, StoreError
 from cowfs.fs.history import is_durable
 from cowfs.fs.keys import DB_CHUNKS
@@ -220,11 +220,16 @@ def _push(store: Store, bucket: Bucket, records: Iterable[SnapshotRecord], progr
             raise StoreError(f"snapshot {record.name} is not durable yet; `cowfs snap --wait` or wait a moment")
         progress(f"pushing {record.name}", 0, 0)
         objects = snapshot_objects(Tree.at_snapshot(store, record))
-        missing = sorted(d for d in objects.data if d not in index.chunks)
+        missing = [d for d in objects.data if d not in index.chunks]  # in file order: see SnapshotObjects
         for done, digest in enumerate(missing):
             progress(f"pushing {record.name}: chunks", done, len(missing))
             with store.index.reading() as txn:
-                location = ChunkLocation.decode(txn.get(digest, db=chunks_db))
+                raw = txn.get(digest, db=chunks_db)
+                if raw is None:  # a lazily pulled chunk from another remote: fetched, sealed again
+                    sealed = seal(store.read_chunk(txn, digest), digest)
+                    uploader.add(digest, sealed.payload, sealed.raw_len)
+                    continue
+            location = ChunkLocation.decode(raw)
             uploader.add(digest, store.packs.read(location), location.raw_len)
         for digest, sealed in objects.trees.items():
             uploader.add(digest, sealed.payload, sealed.raw_len)

@@ -23,10 +23,10 @@ from cowfs.fs.remote.lazy import Buckets, download
 from cowfs.fs.tree import BLOCK_SIZE, Tree
 
 log = logging.getLogger(__name__)
-WAIT_WINDOW = 8  # blocks fetched with the one a request waits for (1 MiB)
-AHEAD_WINDOW = 64  # blocks one background read-ahead fetches (8 MiB)
-AHEAD_LEAD = 32  # start the next window when a read comes this close to what was fetched
-AHEAD_AT_ONCE = 2  # background windows in flight at once
+WAIT_WINDOW = 8  # blocks fetched with the one a request waits for (1 MiB): a quick first byte
+FIRST_AHEAD = 32  # blocks of the first background window (4 MiB); each next one is twice as
+MAX_AHEAD = 128  # large, up to 16 MiB (a pack): fewer, larger GETs once a file is read in order
+AHEAD_AT_ONCE = 2  # background GETs in flight at once
 
 
 class RemoteReads:
@@ -37,6 +37,7 @@ class RemoteReads:
         self.active = self.store.has_remote_chunks()
         self.arriving: dict[bytes, trio.Event] = {}
         self.fetched_up_to: dict[int, int] = {}  # per file: blocks below this were asked for
+        self.windows: dict[int, int] = {}  # per file: blocks the next read-ahead asks for
         self.ahead_slots = trio.CapacityLimiter(AHEAD_AT_ONCE)
         self._nursery: trio.Nursery | None = None
 
@@ -45,7 +46,18 @@ class RemoteReads:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
+            if self.active:  # making a client costs ~0.3 s: not on the first read's time
+                await trio.to_thread.run_sync(self._connect)
             await trio.sleep_forever()
+
+    def _connect(self) -> None:
+        from cowfs.fs.remote.bucket import load_remotes
+
+        for name in load_remotes(self.store):
+            try:
+                self.buckets[name]  # noqa: B018 -- made on first use
+            except StoreError as exc:  # the read that needs it will say
+                log.warning("remote %s: %s", name, exc)
 
     def _wanted(self, ino: int, first: int, count: int) -> list[tuple[bytes, RemoteChunk]]:
         """Blocks of a file from ``first`` whose chunks are on the remote only, not on their way."""
@@ -103,18 +115,20 @@ class RemoteReads:
         self.fetched_up_to[ino] = max(self.fetched_up_to.get(ino, 0), up_to)
 
     def after_read(self, ino: int, end: int) -> None:
-        """A read of a file ended at byte ``end``: start fetching the next window if it is near."""
+        """A read of a file ended at byte ``end``: keep AHEAD_AT_ONCE windows fetching ahead."""
         if not self.active or self._nursery is None:
             return
         block = end // BLOCK_SIZE
-        frontier = self.fetched_up_to.get(ino, 0)
-        if block + AHEAD_LEAD < frontier:
-            return
-        first = max(frontier, block + 1)
-        self._advance(ino, first + AHEAD_WINDOW)
-        wanted = self._wanted(ino, first, AHEAD_WINDOW)
-        if wanted:
-            self._nursery.start_soon(self._read_ahead, wanted, self._claim(wanted))
+        window = self.windows.get(ino, FIRST_AHEAD)
+        while self.fetched_up_to.get(ino, 0) <= block + window * AHEAD_AT_ONCE:
+            first = max(self.fetched_up_to.get(ino, 0), block + 1)
+            self._advance(ino, first + window)
+            wanted = self._wanted(ino, first, window)
+            if not wanted and not self.tree.blocks_from(ino, first, 1):
+                return  # past the end of the file
+            if wanted:
+                self._nursery.start_soon(self._read_ahead, wanted, self._claim(wanted))
+            window = self.windows[ino] = min(window * 2, MAX_AHEAD)
 
     async def _read_ahead(self, wanted: list[tuple[bytes, RemoteChunk]], events: dict[bytes, trio.Event]) -> None:
         async with self.ahead_slots:
@@ -125,3 +139,4 @@ class RemoteReads:
 
     def forget(self, ino: int) -> None:
         self.fetched_up_to.pop(ino, None)
+        self.windows.pop(ino, None)

@@ -25,11 +25,13 @@ FORMAT = 1
 
 @dataclass
 class SnapshotObjects:
-    """What a snapshot is made of: its tree objects (sealed), and the data chunks they name."""
+    """What a snapshot is made of: its tree objects (sealed), and the data chunks they name, in
+    the order the files hold them (a dict used as an ordered set): a push keeps that order in
+    its packs, so a lazy read of a file finds its blocks side by side, one ranged GET for many."""
 
     root: bytes
     trees: dict[bytes, SealedChunk] = field(default_factory=dict)
-    data: set[bytes] = field(default_factory=set)
+    data: dict[bytes, None] = field(default_factory=dict)
 
 
 def _name(raw: bytes) -> str:
@@ -55,7 +57,7 @@ def _directory_object(tree: Tree, ino: int, objects: SnapshotObjects) -> bytes:
             entry["target"] = attrs.target.hex()
         elif attrs.is_reg:
             blocks = sorted((U64.unpack(name)[0], digest) for name, digest in tree.block_digests(child).items())
-            objects.data.update(digest for _, digest in blocks)
+            objects.data.update((digest, None) for _, digest in blocks)
             entry |= {"size": attrs.size, "blocks": [[index, digest.hex()] for index, digest in blocks]}
         else:
             entry["rdev"] = attrs.rdev

@@ -320,6 +320,19 @@ def test_a_lazy_mount_fetches_only_what_is_read_and_fails_cleanly_when_the_remot
         pristine = other.mount("team:shared", name="again")
         assert tree_digest(pristine) == expected, "the lazily pulled snapshot never changes"
         assert other.cli("fsck").returncode == 0
+
+        # The branch's own snapshot goes back to the remote it came from with only the change,
+        # and to another remote whole (the chunks never read are fetched on the way).
+        other.snap(lazy, "changed on the lazy branch", wait=True)
+        back = json.loads(other.cli("push", "team", "--json", cwd=lazy).stdout)
+        assert len(back["pushed"]) == 1 and back["bytes_uploaded"] < 256 << 10, back
+        other.cli("remote", "add", "elsewhere", f"s3://{aws}/elsewhere", "--endpoint-url", proxy.url)
+        moved = json.loads(other.cli("push", "elsewhere", "--json", cwd=lazy).stdout)
+        assert moved["bytes_uploaded"] > 27 << 20, moved
+        third = another_store(tmp_path, "third", aws, "elsewhere")
+        copied = cowfs_json(third.store, "pull", "team", "changed on the lazy branch")
+        assert tree_digest(third.mount(copied["local_snapshot"], name="copy")) == tree_digest(lazy)
+        third.unmount_all()
     finally:
         other.unmount_all()
         proxy.close()
