@@ -47,6 +47,10 @@ def setup_logging(store: Path, branch: str, foreground: bool, debug: bool) -> No
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    # The AWS SDK's own logging (lazy mounts) can show request headers at debug level: keep it
+    # to warnings, so no credential or signature ever reaches a log.
+    for name in ("boto3", "botocore", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def raise_read_ahead(mountpoint: Path) -> None:

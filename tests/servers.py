@@ -42,7 +42,7 @@ def s3_server() -> Iterator[str]:
 
 class CuttingProxy:
     """A TCP forwarder to a server on 127.0.0.1 that can be made to "go away": once ``cut_after``
-    bytes have gone towards the server, every connection is dropped and new ones are closed at
+    bytes have gone through (either way), every connection is dropped and new ones are closed at
     once, until ``restore``. What a client sees when the server dies in the middle of a request."""
 
     def __init__(self, target_port: int) -> None:
@@ -101,16 +101,16 @@ class CuttingProxy:
             server = socket.create_connection(("127.0.0.1", self.target_port))
             with self.lock:
                 self.open += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
-                if upstream and self.budget is not None:
+                if self.budget is not None:
                     self.budget -= len(data)
                     if self.budget <= 0:
                         self._drop_all()

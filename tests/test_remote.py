@@ -252,7 +252,14 @@ def test_a_push_cut_off_midway_resumes_without_sending_again_what_arrived(worksp
         assert len(resumed["pushed"]) == 1
         total = 45 << 20
         assert resumed["bytes_uploaded"] < total - (12 << 20), "packs that arrived are not sent again"
-        other = another_store(workspace.root, "other", aws, "p")
+        other = another_store(workspace.root, "other")
+        other.cli("remote", "add", "team", f"s3://{aws}/p", "--endpoint-url", proxy.url)
+        proxy.cut_after(20 << 20)  # the same in the other direction: a pull cut off midway
+        cut = other.cli("pull", "team", "three parts", check=False)
+        assert cut.returncode == 1 and "Traceback" not in cut.stderr and "remote team" in cut.stderr
+        assert cowfs_json(other.store, "log") == [] and other.cli("fsck").returncode == 0, \
+            "a cut pull adds no snapshot and leaves the store consistent"
+        proxy.restore()
         pulled = cowfs_json(other.store, "pull", "team", "three parts")
         back = other.mount(pulled["local_snapshot"], name="back")
         assert tree_digest(back) == tree_digest(mnt)
