@@ -79,9 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     # Worker threads hash and compress with the GIL released, but need it back between blocks;
     # a shorter switch interval stops them queueing behind the FUSE thread (2x on bench/run.py A).
     sys.setswitchinterval(0.001)
-
-
-
     mountpoint = Path(os.path.realpath(args.mountpoint))
     ready_fd = args.ready_fd
     try:

@@ -52,6 +52,31 @@ def seal(data: bytes | bytearray, digest: bytes | None = None) -> SealedChunk:
     return SealedChunk(digest or digest_of(data), compressor.compress(data), len(data))
 
 
+def seal_many(blocks: list[tuple[bytes, bytes | bytearray]], threads: int = 1) -> list[SealedChunk]:
+    """Compress many hashed blocks (digest, data) in a few calls, each with the GIL released
+    throughout (``threads`` > 1 adds zstd's own threads; the flusher already runs two callers).
+
+    Why not ``seal`` in a loop: every call hands the GIL back and forth, and beside a busy FUSE
+    thread each hand-back waits for the switch interval; sealing 64 MiB that way took 0.2-1.0 s
+    instead of 0.03 s. Here a whole batch costs three calls: the 4 KiB samples, then the
+    compressible blocks at the normal level and the noisy ones at the fastest."""
+    if len(blocks) < 4:
+        return [seal(data, digest) for digest, data in blocks]
+    compressor, _, fast = _codec()
+    samples = compressor.multi_compress_to_buffer([memoryview(data)[:SAMPLE] for _, data in blocks], threads=threads)
+    noisy = [len(data) >= 8 * SAMPLE and len(samples[i]) > INCOMPRESSIBLE * SAMPLE
+             for i, (_, data) in enumerate(blocks)]
+    sealed: list[SealedChunk | None] = [None] * len(blocks)
+    for flag, chosen in ((False, compressor), (True, fast)):
+        picked = [i for i, is_noisy in enumerate(noisy) if is_noisy == flag]
+        if not picked:
+            continue
+        frames = chosen.multi_compress_to_buffer([blocks[i][1] for i in picked], threads=threads)
+        for frame, i in zip(frames, picked):
+            sealed[i] = SealedChunk(blocks[i][0], frame.tobytes(), len(blocks[i][1]))
+    return sealed  # type: ignore[return-value]
+
+
 def unseal(digest: bytes, payload: bytes, raw_len: int, where: str) -> bytes:
     """Decompress and prove the bytes are the ones that were written, or raise."""
     try:

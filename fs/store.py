@@ -343,13 +343,10 @@ class Store:
         they are unreferenced bytes (a crash leaves them for gc)."""
         assert self._writer is not None, "call ensure_pack_writer first"
         chunks_db = self.index.db(DB_CHUNKS)
-        locations: dict[bytes, ChunkLocation] = {}
         with self.index.reading() as txn:
             new = [c for c in sealed if txn.get(c.digest, db=chunks_db) is None]
-        for chunk in new:
-            if chunk.digest not in locations:
-                locations[chunk.digest] = self._writer.append(chunk)
-        return locations
+        unique = list({chunk.digest: chunk for chunk in new}.values())
+        return dict(zip((chunk.digest for chunk in unique), self._writer.append_many(unique)))
 
     def add_chunks(self, txn: lmdb.Transaction, sealed: Iterable[SealedChunk],
                    written: dict[bytes, ChunkLocation] | None = None) -> int:

@@ -27,7 +27,7 @@ from typing import Iterator
 import lmdb
 
 from cowfs.fs import versions
-from cowfs.fs.chunks import SealedChunk, digest_of, seal
+from cowfs.fs.chunks import SealedChunk, digest_of, seal_many
 from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
 from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_CHUNKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
@@ -81,20 +81,21 @@ class SealedBlocks:
 def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray]) -> SealedBlocks:
     """Hash, compress and append to the pack: the CPU and I/O of a flush, safe in a thread
     (the caller has called ``store.ensure_pack_writer()``). All-zero blocks become holes."""
-    chunks = {key: seal_block(buf) for key, buf in blocks.items()}
-    return SealedBlocks(chunks, store.write_chunks(c for c in chunks.values() if c is not None))
+    digests = {key: block_digest(buf) for key, buf in blocks.items()}
+    unique = {digest: blocks[key] for key, digest in digests.items() if digest is not None}
+    sealed = {chunk.digest: chunk for chunk in seal_many(list(unique.items()))}
+    chunks = {key: None if digest is None else sealed[digest] for key, digest in digests.items()}
+    return SealedBlocks(chunks, store.write_chunks(sealed.values()))
 
 
-def seal_block(buf: bytearray | None) -> SealedChunk | None:
-    """A chunk for the block, or None for a block of zeros or a truncated one (stored as a hole).
+def block_digest(buf: bytearray | None) -> bytes | None:
+    """The block's digest, or None for a block of zeros or a truncated one (stored as a hole).
 
     Zeros are recognised by their hash, which sealing computes anyway: no extra pass."""
     if buf is None:
         return None
     digest = digest_of(buf)
-    if digest == zero_digest(len(buf)):
-        return None
-    return seal(buf, digest)
+    return None if digest == zero_digest(len(buf)) else digest
 
 
 @functools.lru_cache(maxsize=64)
