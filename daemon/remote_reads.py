@@ -61,15 +61,15 @@ class RemoteReads:
 
     def _wanted(self, ino: int, first: int, count: int) -> list[tuple[bytes, RemoteChunk]]:
         """Blocks of a file from ``first`` whose chunks are on the remote only, not on their way."""
-        found = []
+        found: dict[bytes, RemoteChunk] = {}
         with self.store.index.reading() as txn:
             for _, digest in self.tree.blocks_from(ino, first, count):
-                if digest in self.arriving or any(d == digest for d, _ in found):
+                if digest in self.arriving or digest in found or self.store.has_chunk(txn, digest):
                     continue
                 where = self.store.remote_chunk(txn, digest)
                 if where is not None and not self.store.remote_cache(where.remote).has(digest):
-                    found.append((digest, where))
-        return found
+                    found[digest] = where
+        return list(found.items())
 
     async def fetch(self, needed: RemoteChunkNeeded, request: str) -> None:
         """Bring the chunk a request needs (and the blocks after it); EIO with a logged reason

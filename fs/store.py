@@ -399,6 +399,9 @@ class Store:
         return data
 
     # -- chunks of lazily mounted remote snapshots ------------------------------------------------
+    def has_chunk(self, txn: lmdb.Transaction, digest: bytes) -> bool:
+        return txn.get(digest, db=self.index.db(DB_CHUNKS)) is not None
+
     def remote_chunk(self, txn: lmdb.Transaction, digest: bytes) -> RemoteChunk | None:
         table = self.index.dbs.get(DB_REMOTE_CHUNKS)
         raw = txn.get(digest, db=table) if table is not None else None

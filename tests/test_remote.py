@@ -110,6 +110,7 @@ def test_push_then_pull_into_another_store_gives_the_same_tree(workspace, aws, t
 
 
 def test_remote_mistakes_are_one_line(workspace, aws, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-never-shown")  # moto takes any key
     for args, fragment in [(["push", "nowhere"], "no remote named 'nowhere'"),
                            (["remote", "add", "x", "http://bucket"], "not an s3://bucket/prefix address")]:
         result = workspace.cli(*args, check=False)
@@ -123,6 +124,16 @@ def test_remote_mistakes_are_one_line(workspace, aws, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     result = workspace.cli("log", "--remote", "team", check=False)
     assert result.returncode != 0 and "cannot reach" in result.stderr and "Traceback" not in result.stderr
+    assert "s3cr3t" not in result.stdout + result.stderr
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(workspace.root / "no-such-file"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = workspace.cli("push", "team", check=False)
+    assert result.returncode != 0 and "no AWS credentials" in result.stderr and "Traceback" not in result.stderr
+    stored = b"".join(p.read_bytes() for p in workspace.store.rglob("*") if p.is_file())
+    assert b"s3cr3t" not in stored and b"AWS_SECRET" not in stored, "credentials never reach the store"
 
 
 def test_forget_and_gc_reclaim_only_what_no_snapshot_needs(workspace, aws, tmp_path):
