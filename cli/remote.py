@@ -281,18 +281,19 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
          lazy: bool = False) -> PullReport:
     """Make a remote snapshot a local one on a branch of its own. A lazy pull fetches only its
     tree objects: the data chunks this store lacks are listed as remote chunks, and reading
-    them fetches them into the bounded cache (docs/remotes.md, "Lazy mounts")."""
+    them fetches them into the bounded cache (docs/remotes.md, "Lazy mounts"). A full pull of
+    a snapshot pulled lazily before brings the chunks it still lacks into the store."""
     started = time.monotonic()
     bucket = Bucket(config)
     document = resolve_remote(remote_snapshots(bucket), ref)
     report = PullReport(config.name, snapshot=document["id"])
-    for record in store.snapshots():
-        if record.meta.get("remote_id") == document["id"]:
-            if lazy:  # mounting it again: a new branch on the snapshot this store has
-                report.local_snapshot = record.name
-                return report
-            raise StoreError(f"snapshot {document['id']} is here already, as {record.name}; "
-                             f"`cowfs mount {record.name} DIR` opens it")
+    here = next((r for r in store.snapshots() if r.meta.get("remote_id") == document["id"]), None)
+    if here is not None and (lazy or not here.meta.get("lazy")):
+        if lazy:  # mounting it again: a new branch on the snapshot this store has
+            report.local_snapshot = here.name
+            return report
+        raise StoreError(f"snapshot {document['id']} is here already, as {here.name}; "
+                         f"`cowfs mount {here.name} DIR` opens it")
     index = RemoteIndex.load(bucket, index_cache(store, bucket))
     fetch_tree = tree_reader(bucket, index)
     needed = {digest for kind, digest in tree_digests(bytes.fromhex(document["root"]), fetch_tree) if kind == "data"}
@@ -305,6 +306,9 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     else:
         _fetch_into_store(store, bucket, index, missing, document["id"], progress)
         report.chunks_fetched = len(missing)
+    if here is not None:  # it was pulled lazily: now every chunk is in the store, it reads offline
+        report.local_snapshot = here.name
+        return _counted(report, bucket, started)
     branch = store.new_empty_branch(f"{config.name}-{document['source']['snapshot'].lstrip('@')}")
     tree = Tree(store, branch.id)
     progress(f"pulling {document['id']}: files", 0, 0)
@@ -319,6 +323,10 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     store.sync()
     report.local_snapshot = next(r.name for r in store.snapshots() if r.meta.get("remote_id") == document["id"])
     report.branch = branch.name
+    return _counted(report, bucket, started)
+
+
+def _counted(report: PullReport, bucket: Bucket, started: float) -> PullReport:
     report.bytes_downloaded, report.requests = bucket.traffic.downloaded, bucket.traffic.requests
     report.seconds = round(time.monotonic() - started, 3)
     return report

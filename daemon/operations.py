@@ -36,36 +36,12 @@ REMOTE_RETRIES = 4  # fetches one request may wait for (each brings a window of 
 SPARSE_CHECK_MIN = 1 << 20  # smaller files are reported dense: their st_blocks costs no scan
 
 
-def _translated(handler: F) -> F:
-    """Engine errors become the errno the caller sees; anything else is logged and is EIO."""
-
-    @functools.wraps(handler)
-    async def wrapped(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await handler(*args, **kwargs)
-        except (pyfuse3.FUSEError, RemoteChunkNeeded):  # the latter is for translate_errors
-            raise
-        except CorruptChunkError as exc:
-            operations = args[0]
-            where = operations.describe_inode(args[1]) if len(args) > 1 and isinstance(args[1], int) else ""
-            message = f"I/O error in {handler.__name__}{where}: {exc}; run `cowfs fsck` on this store"
-            log.error(message)
-            operations.tree.store.flag_damage(message)
-            raise pyfuse3.FUSEError(errno.EIO) from exc
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
-        except Exception:
-            log.exception("unexpected error in %s", handler.__name__)
-            raise pyfuse3.FUSEError(errno.EIO)
-
-    return wrapped  # type: ignore[return-value]
-
-
 def translate_errors(handler: F) -> F:
-    """Errors translated as ``_translated`` does; and a request that needs a chunk of a lazily
-    mounted remote snapshot waits for it and runs again (every handler can: what it changed
-    before it met the chunk, it changes the same way the second time)."""
-    handler = _translated(handler)
+    """Engine errors become the errno the caller sees; anything else is logged and is EIO.
+
+    A request that needs a chunk of a lazily mounted remote snapshot waits for it and runs
+    again (every handler can: what it changed before it met the chunk, it changes the same way
+    the second time)."""
 
     @functools.wraps(handler)
     async def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -74,13 +50,25 @@ def translate_errors(handler: F) -> F:
                 return await handler(*args, **kwargs)
             except RemoteChunkNeeded as needed:  # a lazily mounted file: fetch, then ask again
                 await args[0].remote_reads.fetch(needed, handler.__name__)
+            except pyfuse3.FUSEError:
+                raise
+            except CorruptChunkError as exc:
+                operations = args[0]
+                where = operations.describe_inode(args[1]) if len(args) > 1 and isinstance(args[1], int) else ""
+                message = f"I/O error in {handler.__name__}{where}: {exc}; run `cowfs fsck` on this store"
+                log.error(message)
+                operations.tree.store.flag_damage(message)
+                raise pyfuse3.FUSEError(errno.EIO) from exc
+            except OSError as exc:
+                raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
+            except Exception:
+                log.exception("unexpected error in %s", handler.__name__)
+                raise pyfuse3.FUSEError(errno.EIO)
         log.error("I/O error in %s: chunks kept leaving the remote cache before they could be read; "
                   "mount with a larger --cache-size", handler.__name__)
         raise pyfuse3.FUSEError(errno.EIO)
 
     return wrapped  # type: ignore[return-value]
-
-
 
 
 def entry_attributes(ino: int, attrs: InodeAttrs, stored_blocks: int | None = None) -> pyfuse3.EntryAttributes:

@@ -337,6 +337,7 @@ def test_a_lazy_mount_fetches_only_what_is_read_and_fails_cleanly_when_the_remot
         assert changed == original[:200_000] + b"changed here" + original[200_012:]
         pristine = other.mount("team:shared", name="again")
         assert tree_digest(pristine) == expected, "the lazily pulled snapshot never changes"
+        pristine_id = next(s["id"] for s in cowfs_json(other.store, "log") if s["meta"].get("lazy"))
         assert other.cli("fsck").returncode == 0
 
         # The branch's own snapshot goes back to the remote it came from with only the change,
@@ -351,6 +352,13 @@ def test_a_lazy_mount_fetches_only_what_is_read_and_fails_cleanly_when_the_remot
         copied = cowfs_json(third.store, "pull", "team", "changed on the lazy branch")
         assert tree_digest(third.mount(copied["local_snapshot"], name="copy")) == tree_digest(lazy)
         third.unmount_all()
+
+        # A full pull of the lazily pulled snapshot brings the rest into the store: it reads offline.
+        whole = cowfs_json(other.store, "pull", "team", "shared")
+        assert whole["chunks_fetched"] > 0 and whole["local_snapshot"] == pristine_id, whole
+        proxy.cut_after(0)
+        shutil.rmtree(other.store / "remote-cache" / "team" / "chunks")
+        assert tree_digest(other.mount(pristine_id, name="offline")) == expected
     finally:
         other.unmount_all()
         proxy.close()

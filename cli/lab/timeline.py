@@ -24,6 +24,7 @@ from cowfs.cli.client import DaemonError, mount_for, request
 from cowfs.fs.errors import StoreError
 from cowfs.fs.history import CellRun, cell_row, cell_runs, is_cowfs_own
 from cowfs.fs.records import SnapshotRecord
+from cowfs.fs.remote.lazy import install_fetcher
 from cowfs.fs.store import Store
 
 PAGE_MAX = 500  # rows per request: the panel asks for what it shows, a screenful or two
@@ -199,8 +200,10 @@ def _free_directory(wanted: Path) -> Path:
 
 @contextmanager
 def _open(workspace: Workspace, readonly: bool) -> Iterator[Store]:
-    """The workspace's store, opened per request (a server outlives mounts and unmounts)."""
+    """The workspace's store, opened per request (a server outlives mounts and unmounts). A
+    branch of a lazily mounted remote snapshot reads its files through the remote cache."""
     store = Store.open(workspace.store, readonly=readonly)
+    install_fetcher(store)
     try:
         yield store
     finally:
