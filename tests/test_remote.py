@@ -118,6 +118,13 @@ def test_remote_mistakes_are_one_line(workspace, aws, monkeypatch):
     workspace.cli("remote", "add", "team", f"s3://{aws}/p")
     result = workspace.cli("pull", "team", "no-such-snapshot", check=False)
     assert result.returncode != 0 and "no snapshot 'no-such-snapshot' on the remote" in result.stderr
+    target = str(workspace.root / "from-remote")
+    for args, fragment in [(["mount", "team:nope", target], "no snapshot 'nope' on the remote"),
+                           (["mount", "--cache-size", "1M", "team:x", target], "give at least 16M"),
+                           (["mount", "--cache-size", "lots", "team:x", target], "'lots' is not a size")]:
+        result = workspace.cli(*args, check=False)
+        assert result.returncode != 0 and fragment in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not os.path.exists(target), "a refused lazy mount leaves nothing behind"
     workspace.cli("remote", "add", "gone", "s3://no-such-bucket-here/p")
     result = workspace.cli("log", "--remote", "gone", check=False)
     assert result.returncode != 0 and "NoSuchBucket" in result.stderr and "Traceback" not in result.stderr
