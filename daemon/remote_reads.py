@@ -105,7 +105,10 @@ class RemoteReads:
     async def _download(self, wanted: list[tuple[bytes, RemoteChunk]], needed: bytes | None,
                         events: dict[bytes, trio.Event]) -> bytes | None:
         try:
-            return await trio.to_thread.run_sync(download, self.store, self.buckets, wanted, needed)
+            # abandon_on_cancel: a GET stuck on a dead network must not hold up an unmount;
+            # whatever it still writes is a complete, verified cache file or nothing.
+            return await trio.to_thread.run_sync(download, self.store, self.buckets, wanted, needed,
+                                                 abandon_on_cancel=True)
         finally:
             for digest, event in events.items():
                 del self.arriving[digest]
