@@ -125,7 +125,7 @@ cells = st.lists(st.sampled_from(OPERATIONS), min_size=4, max_size=12)
 MODES = {"inline": {"COWFS_VARS_BACKGROUND": "0"}, "background": {"COWFS_VARS_BACKGROUND_MIN": "1"}}
 
 
-@settings(max_examples=int(os.environ.get("COWFS_VARIABLE_EXAMPLES", "12")), deadline=None,
+@settings(max_examples=int(os.environ.get("COWFS_VARIABLE_EXAMPLES", "8")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(program=cells, mode=st.sampled_from(sorted(MODES)))
 def test_restored_variables_equal_the_namespace_after_every_cell(kernel_ws, program, mode):
