@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from run import cowfs  # noqa: E402
+from run import cowfs, drop_caches  # noqa: E402
 from servers import s3_server  # noqa: E402
 
 
@@ -61,11 +61,6 @@ def timed(action) -> tuple[float, object]:
 def read_all(path: Path) -> int:
     with open(path, "rb", buffering=0) as handle:
         return sum(len(block) for block in iter(lambda: handle.read(1 << 20), b""))
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def lazy_reads(root: Path, mnt: Path, mounts: list[Path], alice: Path, bob: Path, carol: Path, size_mb: int, s3):

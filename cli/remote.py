@@ -297,9 +297,8 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
     index = RemoteIndex.load(bucket, index_cache(store, bucket))
     fetch_tree = tree_reader(bucket, index)
     needed = {digest for kind, digest in tree_digests(bytes.fromhex(document["root"]), fetch_tree) if kind == "data"}
-    chunks_db = store.index.db(DB_CHUNKS)
     with store.index.reading() as txn:
-        missing = sorted(d for d in needed if txn.get(d, db=chunks_db) is None)
+        missing = sorted(d for d in needed if not store.has_chunk(txn, d))
     if lazy:
         _list_remote_chunks(store, config.name, index, missing)
         report.chunks_left_remote = len(missing)

@@ -19,6 +19,7 @@ import trio
 
 from cowfs.fs.errors import CorruptChunkError, RemoteChunkNeeded, StoreError
 from cowfs.fs.records import RemoteChunk
+from cowfs.fs.remote.bucket import load_remotes
 from cowfs.fs.remote.lazy import Buckets, download
 from cowfs.fs.tree import BLOCK_SIZE, Tree
 
@@ -51,8 +52,6 @@ class RemoteReads:
             await trio.sleep_forever()
 
     def _connect(self) -> None:
-        from cowfs.fs.remote.bucket import load_remotes
-
         for name in load_remotes(self.store):
             try:
                 self.buckets[name]  # noqa: B018 -- made on first use

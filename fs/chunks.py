@@ -44,10 +44,16 @@ def digest_of(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
 
 
+def _noisy(size: int, sample_compressed_len) -> bool:
+    """Whether a block is taken as incompressible: large enough to sample, and its compressed
+    sample (asked for only then) did not shrink."""
+    return size >= 8 * SAMPLE and sample_compressed_len() > INCOMPRESSIBLE * SAMPLE
+
+
 def seal(data: bytes | bytearray, digest: bytes | None = None) -> SealedChunk:
     """Compress (and hash, unless the caller already has the digest) without copying."""
     compressor, _, fast = _codec()
-    if len(data) >= 8 * SAMPLE and len(compressor.compress(memoryview(data)[:SAMPLE])) > INCOMPRESSIBLE * SAMPLE:
+    if _noisy(len(data), lambda: len(compressor.compress(memoryview(data)[:SAMPLE]))):
         compressor = fast
     return SealedChunk(digest or digest_of(data), compressor.compress(data), len(data))
 
@@ -64,8 +70,7 @@ def seal_many(blocks: list[tuple[bytes, bytes | bytearray]], threads: int = 1) -
         return [seal(data, digest) for digest, data in blocks]
     compressor, _, fast = _codec()
     samples = compressor.multi_compress_to_buffer([memoryview(data)[:SAMPLE] for _, data in blocks], threads=threads)
-    noisy = [len(data) >= 8 * SAMPLE and len(samples[i]) > INCOMPRESSIBLE * SAMPLE
-             for i, (_, data) in enumerate(blocks)]
+    noisy = [_noisy(len(data), lambda i=i: len(samples[i])) for i, (_, data) in enumerate(blocks)]
     sealed: list[SealedChunk | None] = [None] * len(blocks)
     for flag, chosen in ((False, compressor), (True, fast)):
         picked = [i for i, is_noisy in enumerate(noisy) if is_noisy == flag]

@@ -169,10 +169,7 @@ class PackReader:
                 fd = os.open(pack_path(self._directory, pack_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError as exc:
                 raise PackMissingError(f"pack {pack_id} is missing from the store") from exc
-            kept = self._fds.setdefault(pack_id, fd)  # a reader in another thread may have won
-            if kept != fd:
-                os.close(fd)
-            fd = kept
+            self._fds[pack_id] = fd
         return fd
 
     def drop_missing(self) -> None:

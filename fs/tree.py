@@ -29,7 +29,7 @@ import lmdb
 from cowfs.fs import versions
 from cowfs.fs.chunks import SealedChunk, digest_of, seal_many
 from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
-from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_CHUNKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
+from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
 from cowfs.fs.listing import DirListing
 from cowfs.fs.records import ChunkLocation, InodeAttrs, SnapshotRecord
@@ -627,13 +627,12 @@ class Tree:
         again through ``write`` would only cost time. Every digest must be in the chunk index, or
         listed as a remote chunk (a lazy pull), which keeps "every block names a chunk" true."""
         self._writable()
-        chunks_db = self.store.index.db(DB_CHUNKS)
 
         def change(txn: lmdb.Transaction) -> None:
             if not self._attrs(txn, ino).is_reg or any(key[0] == ino for key in self.dirty_blocks):
                 raise FsError(errno.EINVAL)
             for index, digest in blocks:
-                if txn.get(digest, db=chunks_db) is None and self.store.remote_chunk(txn, digest) is None:
+                if not self.store.has_chunk(txn, digest) and self.store.remote_chunk(txn, digest) is None:
                     raise CorruptChunkError(f"chunk {digest.hex()[:16]} is not in the store; it cannot be adopted")
                 versions.put(txn, self._db_blocks, self.branch_id, self.head, ino, block_name(index), digest)
 
