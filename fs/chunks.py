@@ -1,5 +1,6 @@
 """Content addressing: a chunk is named by the blake3 hash of its raw bytes and stored
-compressed with zstd. Both libraries release the GIL, so callers may run these in threads."""
+compressed with zstd, or raw where zstd would not shrink it. Both libraries release the GIL, so
+callers may run these in threads."""
 
 from __future__ import annotations
 
@@ -13,29 +14,31 @@ from cowfs.fs.errors import CorruptChunkError
 
 HASH_LEN = 32
 COMPRESSION_LEVEL = 1  # faster than 3 and no worse on CSV-like data (bench/run.py figures)
-# Incompressible data (random bytes, parquet, images, pickled float arrays) costs zstd level 1
-# as much time as text and gains nothing. A 4 KiB sample tells them apart for ~3% of a block's
-# time; a block whose sample does not shrink goes through the fastest level instead (5-8x
-# faster on such data). Either way the payload is an ordinary zstd frame.
+# Incompressible data (random bytes, parquet, images, pickled float arrays) costs zstd as much
+# time as text and gains nothing. A 4 KiB sample tells them apart for ~3% of a block's time; a
+# block whose sample does not shrink is stored raw. A payload as long as its chunk is always the
+# raw bytes (a frame is kept only when it is shorter), so readers need no flag (docs/format.md).
+# Storing such blocks raw took a 1 GiB write of random bytes from 279 to 434 MB/s and halved the
+# daemon's CPU (where even zstd's fastest level had cost 40% of it).
 SAMPLE = 4096
 INCOMPRESSIBLE = 0.97  # a sample shrinking less than this is taken as noise
-NOISE_LEVEL = -5
 _local = threading.local()
+
+Payload = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
 class SealedChunk:
     digest: bytes
-    payload: bytes
+    payload: Payload  # a zstd frame, or the raw bytes when it is raw_len long; written as it is
     raw_len: int
 
 
-def _codec() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor, zstandard.ZstdCompressor]:
-    # zstd contexts are not thread-safe but are costly to build: one set per thread.
+def _codec() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    # zstd contexts are not thread-safe but are costly to build: one pair per thread.
     codec = getattr(_local, "codec", None)
     if codec is None:
-        codec = (zstandard.ZstdCompressor(level=COMPRESSION_LEVEL), zstandard.ZstdDecompressor(),
-                 zstandard.ZstdCompressor(level=NOISE_LEVEL))
+        codec = (zstandard.ZstdCompressor(level=COMPRESSION_LEVEL), zstandard.ZstdDecompressor())
         _local.codec = codec
     return codec
 
@@ -50,43 +53,56 @@ def _noisy(size: int, sample_compressed_len) -> bool:
     return size >= 8 * SAMPLE and sample_compressed_len() > INCOMPRESSIBLE * SAMPLE
 
 
-def seal(data: bytes | bytearray, digest: bytes | None = None) -> SealedChunk:
+def _kept(digest: bytes, data: Payload, frame: Payload | None) -> SealedChunk:
+    """The frame if it is shorter than the data, else the data itself (never a copy)."""
+    if frame is None or len(frame) >= len(data):
+        return SealedChunk(digest, data, len(data))
+    return SealedChunk(digest, frame, len(data))
+
+
+def seal(data: Payload, digest: bytes | None = None) -> SealedChunk:
     """Compress (and hash, unless the caller already has the digest) without copying."""
-    compressor, _, fast = _codec()
+    compressor = _codec()[0]
+    digest = digest or digest_of(data)
     if _noisy(len(data), lambda: len(compressor.compress(memoryview(data)[:SAMPLE]))):
-        compressor = fast
-    return SealedChunk(digest or digest_of(data), compressor.compress(data), len(data))
+        return _kept(digest, data, None)
+    return _kept(digest, data, compressor.compress(data))
 
 
-def seal_many(blocks: list[tuple[bytes, bytes | bytearray]], threads: int = 1) -> list[SealedChunk]:
+def seal_many(blocks: list[tuple[bytes, Payload]], threads: int = 1) -> list[SealedChunk]:
     """Compress many hashed blocks (digest, data) in a few calls, each with the GIL released
     throughout (``threads`` > 1 adds zstd's own threads; the flusher already runs two callers).
 
     Why not ``seal`` in a loop: every call hands the GIL back and forth, and beside a busy FUSE
     thread each hand-back waits for the switch interval; sealing 64 MiB that way took 0.2-1.0 s
-    instead of 0.03 s. Here a whole batch costs three calls: the 4 KiB samples, then the
-    compressible blocks at the normal level and the noisy ones at the fastest."""
+    instead of 0.03 s. Here a whole batch costs two calls: the 4 KiB samples, then the blocks
+    that are not noise. Frames are views of zstd's output, not copies."""
     if len(blocks) < 4:
         return [seal(data, digest) for digest, data in blocks]
-    compressor, _, fast = _codec()
+    compressor = _codec()[0]
     samples = compressor.multi_compress_to_buffer([memoryview(data)[:SAMPLE] for _, data in blocks], threads=threads)
-    noisy = [_noisy(len(data), lambda i=i: len(samples[i])) for i, (_, data) in enumerate(blocks)]
-    sealed: list[SealedChunk | None] = [None] * len(blocks)
-    for flag, chosen in ((False, compressor), (True, fast)):
-        picked = [i for i, is_noisy in enumerate(noisy) if is_noisy == flag]
-        if not picked:
-            continue
-        frames = chosen.multi_compress_to_buffer([blocks[i][1] for i in picked], threads=threads)
+    sealed = [_kept(digest, data, None) for digest, data in blocks]
+    picked = [i for i, (_, data) in enumerate(blocks) if not _noisy(len(data), lambda i=i: len(samples[i]))]
+    if picked:
+        frames = compressor.multi_compress_to_buffer([blocks[i][1] for i in picked], threads=threads)
         for frame, i in zip(frames, picked):
-            sealed[i] = SealedChunk(blocks[i][0], frame.tobytes(), len(blocks[i][1]))
-    return sealed  # type: ignore[return-value]
+            sealed[i] = _kept(blocks[i][0], blocks[i][1], memoryview(frame))
+    return sealed
 
 
 def unseal(digest: bytes, payload: bytes, raw_len: int, where: str) -> bytes:
-    """Decompress and prove the bytes are the ones that were written, or raise."""
+    """Decompress and prove the bytes are the ones that were written, or raise.
+
+    A payload of the chunk's own length is its raw bytes, unless its hash says otherwise:
+    stores of format 1 could hold a frame exactly that long, which then decompresses."""
+    stored_raw = len(payload) == raw_len
+    if stored_raw and digest_of(payload) == digest:
+        return payload if isinstance(payload, bytes) else bytes(payload)
     try:
         data = _codec()[1].decompress(payload, max_output_size=raw_len)
     except zstandard.ZstdError as exc:
+        if stored_raw:
+            raise CorruptChunkError(f"chunk {digest.hex()[:16]} in {where} fails its hash check") from exc
         raise CorruptChunkError(f"chunk {digest.hex()[:16]} in {where} does not decompress: {exc}") from exc
     if len(data) != raw_len or digest_of(data) != digest:
         raise CorruptChunkError(f"chunk {digest.hex()[:16]} in {where} fails its hash check")

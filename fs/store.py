@@ -32,7 +32,11 @@ from cowfs.fs.records import (BranchRecord, ChunkLocation, InodeAttrs, RemoteChu
 from cowfs.fs.remote.cache import DEFAULT_LIMIT, ChunkCache
 from cowfs.fs.versions import View
 
-FORMAT = b"cowfs-store-1"
+FORMAT = b"cowfs-store-2"
+# Format 1 packs hold only zstd frames; format 2 may store a chunk raw (docs/format.md). This
+# version reads both, and marks a format 1 store as 2 when it first opens it for writing, so
+# that an older cowfs refuses it instead of failing on raw chunks.
+READABLE_FORMATS = (b"cowfs-store-1", FORMAT)
 MAIN_BRANCH = "main"
 ROOT_INODE = 1
 FIRST_EPOCH = 1
@@ -148,9 +152,11 @@ class Store:
             raise StoreError(f"{path} is not a usable cowfs store: {exc}") from exc
         with index.reading() as txn:
             found = txn.get(b"format", db=index.db(DB_META))
-        if found != FORMAT:
+        if found not in READABLE_FORMATS:
             index.close()
             raise StoreError(f"{path} is not a cowfs store of a format this version reads ({found!r})")
+        if found != FORMAT and not readonly:
+            index.write(lambda txn: txn.put(b"format", FORMAT, db=index.db(DB_META)))
         return cls(path, index, readonly=readonly)
 
     def close(self) -> None:

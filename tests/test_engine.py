@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import errno
+import os
 import stat
 from pathlib import Path
 
 import lmdb
 import pytest
+import zstandard
 
 from cowfs.fs import keys, versions
 from cowfs.fs.errors import CorruptChunkError, FsError, StoreError
 from cowfs.fs.keys import DB_DIRENTS
 from conftest import corrupt_first_chunk
-from cowfs.fs.store import ROOT_INODE, Store
+from cowfs.fs.chunks import digest_of, unseal
+from cowfs.fs.packs import scan_pack
+from cowfs.fs.store import FORMAT, ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE, Tree
 
 FILE = stat.S_IFREG | 0o644
@@ -312,9 +316,10 @@ def test_snapshot_resolution(store: Store):
         store.resolve_snapshot("nothing")
 
 
-def test_corrupt_chunk_is_an_error_never_wrong_bytes(store: Store):
+@pytest.mark.parametrize("content", ["compressible", "incompressible"])
+def test_corrupt_chunk_is_an_error_never_wrong_bytes(store: Store, content: str):
     tree = Tree(store, 1)
-    ino = new_file(tree, b"f", bytes(range(256)) * 1024)
+    ino = new_file(tree, b"f", bytes(range(256)) * 1024 if content == "compressible" else os.urandom(256 * 1024))
     tree.flush()
     store.sync()
     corrupt_first_chunk(store.path)
@@ -322,6 +327,47 @@ def test_corrupt_chunk_is_an_error_never_wrong_bytes(store: Store):
     with pytest.raises(CorruptChunkError) as raised:
         tree.read(ino, 0, 100)
     assert raised.value.errno == errno.EIO
+
+
+def test_incompressible_blocks_are_stored_raw_and_the_rest_compressed(store: Store):
+    tree = Tree(store, 1)
+    noise, text = os.urandom(3 * BLOCK_SIZE), b"day,value\n1,2.5\n" * 30000
+    for name, data in ((b"noise", noise), (b"text", text)):
+        new_file(tree, name, data)
+    tree.flush()
+    stored = {digest: stored_len for pack in sorted((store.path / "packs").glob("*.pack"))
+              for digest, _, _, stored_len in scan_pack(pack)}
+    assert stored[digest_of(noise[:BLOCK_SIZE])] == BLOCK_SIZE, "noise is kept raw: no zstd frame around it"
+    assert stored[digest_of(text[:BLOCK_SIZE])] < BLOCK_SIZE // 10, "text is compressed"
+    store.chunk_cache.clear()
+    assert tree.read(tree.lookup(ROOT_INODE, b"noise")[0], 0, len(noise)) == noise
+    assert tree.read(tree.lookup(ROOT_INODE, b"text")[0], 0, len(text)) == text
+
+
+def test_a_format_1_store_still_reads_and_is_marked_2_once_written(tmp_path: Path):
+    # Format 1 kept every chunk as a zstd frame, even one exactly as long as the chunk.
+    frame_as_long = zstandard.ZstdCompressor(level=1).compress(b"a" * 17)
+    assert len(frame_as_long) == 17
+    assert unseal(digest_of(b"a" * 17), frame_as_long, 17, "a format 1 pack") == b"a" * 17
+    path = tmp_path / "s"
+    store = Store.init(path)
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f", b"kept" * 1000)
+    tree.flush()
+    store.index.write(lambda txn: txn.put(b"format", b"cowfs-store-1", db=store.index.db(keys.DB_META)))
+    store.close()
+
+    def marked() -> bytes:
+        with lmdb.open(str(path / "index.lmdb"), readonly=True, max_dbs=32, lock=False) as env:
+            with env.begin(db=env.open_db(keys.DB_META)) as txn:
+                return bytes(txn.get(b"format"))
+
+    reader = Store.open(path, readonly=True)
+    assert Tree(reader, 1).read(ino, 0, 8) == b"keptkept"
+    reader.close()
+    assert marked() == b"cowfs-store-1", "a read-only open changes nothing"
+    Store.open(path).close()
+    assert marked() == FORMAT
 
 
 def test_a_full_lmdb_map_grows_by_itself(tmp_path, monkeypatch):
