@@ -211,6 +211,24 @@ class Tree:
                     present.add(index)
         return len(present)
 
+    def holes_among(self, ino: int, offset: int, length: int) -> int:
+        """How many blocks of a byte range hold no data: asked just before a write, by how many
+        blocks that write raises ``stored_blocks``, for the price of a lookup per block not yet
+        dirty rather than a scan of the whole block map."""
+        if length <= 0:
+            return 0
+        holes = 0
+        with self.store.index.reading() as txn:
+            for index in range(offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE + 1):
+                key = (ino, index)
+                for layer in [self.dirty_blocks] + [batch.blocks for batch in reversed(self.inflight)]:
+                    if key in layer:
+                        holes += layer[key] is None
+                        break
+                else:
+                    holes += versions.get(txn, self._db_blocks, self.view, ino, block_name(index)) is None
+        return holes
+
     @property
     def has_dirty(self) -> bool:
         return bool(self.dirty_blocks or self.dirty_attrs or self.dirty_entries or self.dirty_orphans)

@@ -167,6 +167,18 @@ def test_sparse_files_look_sparse(places):
         dense = root / "dense"
         dense.write_bytes(os.urandom(3 << 20))
         blocks[kind] = (path.stat().st_blocks * 512, dense.stat().st_blocks * 512)
+        with open(path, "r+b") as handle:  # filling two holes adds two blocks, no more
+            for offset in (2**30, 2 * 2**30):
+                handle.seek(offset)
+                handle.write(b"x" * 4096)
+        filled = path.stat().st_blocks * 512
+        assert blocks[kind][0] < filled <= blocks[kind][0] + 2 * 256 * 1024, (kind, blocks[kind][0], filled)
+        os.truncate(path, 2**30 + 4096)  # cuts off the block at 2 GiB and the one at 5 GiB
+        assert path.stat().st_blocks * 512 < filled, kind
+        os.truncate(path, 5 * 2**30 + 4096)
+        with open(path, "r+b") as handle:
+            handle.seek(5 * 2**30)
+            handle.write(os.urandom(4096))
         copy = root / "copy"
         subprocess.run(["cp", "--sparse=auto", str(path), str(copy)], check=True)
         assert copy.stat().st_blocks * 512 <= 256 * 1024, (kind, copy.stat().st_blocks)
