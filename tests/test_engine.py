@@ -79,6 +79,32 @@ def test_write_read_across_blocks_and_holes(store: Store):
     assert tree.read(ino, 5 * BLOCK_SIZE + 3, 10) == expected[5 * BLOCK_SIZE + 3:5 * BLOCK_SIZE + 13]
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_whole_blocks_written_then_changed_in_part_before_and_after_a_flush(store: Store, kind):
+    """Whole blocks overwritten, then changed in part, truncated and flushed read as written,
+    whatever the caller does with its buffer afterwards."""
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f")
+    data = kind(os.urandom(3 * BLOCK_SIZE))
+    original = bytes(data)
+    tree.write(ino, 0, data)
+    tree.write(ino, BLOCK_SIZE + 5, b"patch")
+    expected = bytearray(original)
+    expected[BLOCK_SIZE + 5:BLOCK_SIZE + 10] = b"patch"
+    assert tree.read(ino, 0, 3 * BLOCK_SIZE) == expected
+    tree.setattr(ino, size=2 * BLOCK_SIZE + 9)
+    del expected[2 * BLOCK_SIZE + 9:]
+    if kind is bytearray:
+        data[:] = bytes(len(data))  # the caller reuses its buffer: what was written stays
+    tree.flush()
+    store.chunk_cache.clear()
+    assert tree.read(ino, 0, 3 * BLOCK_SIZE) == expected
+    tree.write(ino, 0, bytes(BLOCK_SIZE))  # a whole block of zeros over stored data: a hole
+    tree.flush()
+    assert tree.read(ino, 0, BLOCK_SIZE + 10) == bytes(BLOCK_SIZE) + expected[BLOCK_SIZE:BLOCK_SIZE + 10]
+    assert tree.stored_blocks(ino) == 2
+
+
 def test_truncate_down_then_up_reads_zeros(store: Store):
     tree = Tree(store, 1)
     ino = new_file(tree, b"f", b"x" * (3 * BLOCK_SIZE))
