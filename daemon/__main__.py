@@ -20,7 +20,6 @@ from cowfs.fs.store import Store, open_private
 from cowfs.fs.tree import Tree
 
 log = logging.getLogger("cowfs.daemon")
-READ_AHEAD_KB = 1024
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -51,18 +50,6 @@ def setup_logging(store: Path, branch: str, foreground: bool, debug: bool) -> No
     # to warnings, so no credential or signature ever reaches a log.
     for name in ("boto3", "botocore", "urllib3", "s3transfer"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def raise_read_ahead(mountpoint: Path) -> None:
-    """FUSE mounts read ahead 128 KiB by default; 1 MiB halves the requests of a sequential read.
-
-    pyfuse3 has no option for it, so set the mount's bdi directly (root only; harmless if not)."""
-    for entry in mounts():
-        if entry.mountpoint == str(mountpoint) and entry.fstype.startswith("fuse"):
-            try:
-                Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
-            except OSError as exc:
-                log.debug("read-ahead left at the default: %s", exc)
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -109,9 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             os.write(ready_fd, f"error: {message}\n".encode())
         print(f"cowfs: {message}", file=sys.stderr)
         return 1
-    raise_read_ahead(mountpoint)
     daemon = Daemon(store, branch, tree, flusher, mountpoint, socket_path, operations.changes,
-                    operations.remote_reads)
+                    operations.remote_reads, operations.initialized)
     clean = False
     try:
         trio.run(daemon.run, ready_fd)

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any, Awaitable, Callable, TypeVar
 
 import pyfuse3
+import trio
 
 from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.flusher import Flusher
@@ -126,6 +127,12 @@ class CowOperations(pyfuse3.Operations):
         self._stored_blocks: dict[int, int] = {}
         self._next_dir_handle = 1
         self.remote_reads = RemoteReads(tree)
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        """pyfuse3 calls this while answering the kernel's INIT; the reply goes out before any
+        task waiting on ``initialized`` runs."""
+        self.initialized.set()
 
     # -- helpers -----------------------------------------------------------------------------------
     def _require_xattrs(self) -> None:

@@ -17,6 +17,7 @@ import pyfuse3
 import trio
 
 from cowfs.daemon import control
+from cowfs.daemon.addresses import mounts
 from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.control import RequestError
 from cowfs.daemon.flusher import Flusher
@@ -28,6 +29,7 @@ from cowfs.fs.tree import Tree
 log = logging.getLogger(__name__)
 MAX_LABEL = 500
 MAX_META_BYTES = 64 << 10
+READ_AHEAD_KB = 1024
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Daemon:
     socket_path: Path
     changes: ChangedPaths = field(default_factory=ChangedPaths)
     remote_reads: RemoteReads | None = None
+    initialized: trio.Event | None = None  # set when the kernel's INIT request was answered
     started: float = field(default_factory=time.time)
     stop_requested: trio.Event = field(default_factory=trio.Event)
 
@@ -102,6 +105,20 @@ class Daemon:
                 "started": self.started}
 
     # -- lifetime ------------------------------------------------------------------------------------
+    async def raise_read_ahead(self) -> None:
+        """FUSE mounts read ahead 128 KiB by default; 1 MiB makes a sequential read's requests
+        8x fewer and larger. pyfuse3 has no option for it, so the mount's bdi is set directly
+        (root only; harmless if not). The kernel sets it from the INIT reply, so only after that
+        reply went out: set earlier, it was silently put back to 128 KiB."""
+        if self.initialized is not None:
+            await self.initialized.wait()
+        for entry in mounts():
+            if entry.mountpoint == str(self.mountpoint) and entry.fstype.startswith("fuse"):
+                try:
+                    Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
+                except OSError as exc:
+                    log.debug("read-ahead left at the default: %s", exc)
+
     async def watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
             async for signum in signals:
@@ -134,6 +151,7 @@ class Daemon:
             if self.remote_reads is not None:
                 await nursery.start(self.remote_reads.run)
             nursery.start_soon(self.watch_signals)
+            nursery.start_soon(self.raise_read_ahead)
             nursery.start_soon(self.stop_when_asked)
             if ready_fd is not None:
                 os.write(ready_fd, b"ready\n")
