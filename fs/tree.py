@@ -219,7 +219,11 @@ class Tree:
             return 0
         holes = 0
         with self.store.index.reading() as txn:
+            size = self._attrs(txn, ino).size
             for index in range(offset // BLOCK_SIZE, (offset + length - 1) // BLOCK_SIZE + 1):
+                if index * BLOCK_SIZE >= size:  # past the end: nothing there (appends look nothing up)
+                    holes += 1
+                    continue
                 key = (ino, index)
                 for layer in [self.dirty_blocks] + [batch.blocks for batch in reversed(self.inflight)]:
                     if key in layer:
