@@ -224,13 +224,10 @@ class Tree:
                 if index * BLOCK_SIZE >= size:  # past the end: nothing there (appends look nothing up)
                     holes += 1
                     continue
-                key = (ino, index)
-                for layer in [self.dirty_blocks] + [batch.blocks for batch in reversed(self.inflight)]:
-                    if key in layer:
-                        holes += layer[key] is None
-                        break
-                else:
-                    holes += versions.get(txn, self._db_blocks, self.view, ino, block_name(index)) is None
+                pending = self._pending_block((ino, index))
+                if pending is UNKNOWN:
+                    pending = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
+                holes += pending is None
         return holes
 
     @property
@@ -563,13 +560,20 @@ class Tree:
         return attrs.target
 
     # -- file data ---------------------------------------------------------------------------
-    def _block(self, txn: lmdb.Transaction, ino: int, index: int) -> bytes | bytearray | None:
-        key = (ino, index)
+    def _pending_block(self, key: BlockKey) -> bytearray | None | _Unknown:
+        """The block as the head or an in-flight batch holds it (None: a hole), newest first;
+        UNKNOWN when only the index can tell."""
         if key in self.dirty_blocks:
             return self.dirty_blocks[key]
         for batch in reversed(self.inflight):
             if key in batch.blocks:
                 return batch.blocks[key]
+        return UNKNOWN
+
+    def _block(self, txn: lmdb.Transaction, ino: int, index: int) -> bytes | bytearray | None:
+        pending = self._pending_block((ino, index))
+        if pending is not UNKNOWN:
+            return pending
         digest = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
         if digest is None:
             return None

@@ -384,9 +384,11 @@ def test_a_format_1_store_still_reads_and_is_marked_2_once_written(tmp_path: Pat
     store.close()
 
     def marked() -> bytes:
-        with lmdb.open(str(path / "index.lmdb"), readonly=True, max_dbs=32, lock=False) as env:
-            with env.begin(db=env.open_db(keys.DB_META)) as txn:
-                return bytes(txn.get(b"format"))
+        reader = Store.open(path, readonly=True)
+        with reader.index.reading() as txn:
+            found = bytes(txn.get(b"format", db=reader.index.db(keys.DB_META)))
+        reader.close()
+        return found
 
     reader = Store.open(path, readonly=True)
     assert Tree(reader, 1).read(ino, 0, 8) == b"keptkept"
