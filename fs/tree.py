@@ -606,18 +606,23 @@ class Tree:
             end = min(offset + size, attrs.size)
             if offset >= end:
                 return b""
-            out = bytearray()
+            # One copy into the reply, from views of the blocks: a 1 MiB read used to copy it
+            # twice more (a growing bytearray, then bytes), and the fresh 1 MiB buffers' page
+            # faults cost more than the copies; cold reads went from 0.35-1.35 to 1.37-1.39
+            # GB/s (random bytes, packs in the page cache). A read of one whole stored block
+            # (the kernel asks 128 KiB at a time without root's 1 MiB read-ahead) is not copied.
+            pieces: list[bytes | bytearray | memoryview] = []
             pos = offset
             while pos < end:
                 index, lo = divmod(pos, BLOCK_SIZE)
                 count = min(BLOCK_SIZE - lo, end - pos)
-                block = self._block(txn, ino, index)
-                piece = block[lo:lo + count] if block else b""
-                out += piece
+                block = self._block(txn, ino, index) or b""
+                piece = block if lo == 0 and count == len(block) else memoryview(block)[lo:lo + count]
+                pieces.append(piece)
                 if len(piece) < count:
-                    out += bytes(count - len(piece))
+                    pieces.append(bytes(count - len(piece)))
                 pos += count
-            return bytes(out)
+            return b"".join(pieces)
 
     def write(self, ino: int, offset: int, data: bytes) -> int:
         self._writable()
