@@ -11,6 +11,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from cowfs.daemon import fuse_reader
 from cowfs.daemon.addresses import AddressError, control_socket_path, mounts
 from cowfs.daemon.flusher import Flusher
 from cowfs.daemon.operations import CowOperations
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.allow_other:
             options.add("allow_other")
         pyfuse3.init(operations, str(mountpoint), options)
+        fuse_reader.install()
     except (StoreError, AddressError, OSError, RuntimeError) as exc:
         message = str(exc) or repr(exc)
         if ready_fd is not None:

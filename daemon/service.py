@@ -16,7 +16,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from cowfs.daemon import control
+from cowfs.daemon import control, fuse_reader
 from cowfs.daemon.addresses import mounts
 from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.control import RequestError
@@ -141,7 +141,7 @@ class Daemon:
             if result.returncode == 0:
                 return
             log.warning("%s: %s", " ".join(command), result.stderr.decode(errors="replace").strip())
-        pyfuse3.terminate()
+        fuse_reader.terminate()
 
     async def run(self, ready_fd: int | None) -> None:
         async with trio.open_nursery() as nursery:

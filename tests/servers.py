@@ -43,7 +43,8 @@ def s3_server() -> Iterator[str]:
 class CuttingProxy:
     """A TCP forwarder to a server on 127.0.0.1 that can be made to "go away": once ``cut_after``
     bytes have gone through (either way), every connection is dropped and new ones are closed at
-    once, until ``restore``. What a client sees when the server dies in the middle of a request."""
+    once, until ``restore``. What a client sees when the server dies in the middle of a request.
+    ``hold`` keeps whatever arrives from going on until ``release``: a server that hangs."""
 
     def __init__(self, target_port: int) -> None:
         import threading
@@ -55,6 +56,8 @@ class CuttingProxy:
         self.lock = threading.Lock()
         self.open: list[socket.socket] = []
         self.closing = False
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -68,12 +71,19 @@ class CuttingProxy:
     def restore(self) -> None:
         self.budget = None
 
+    def hold(self) -> None:
+        self.flowing.clear()
+
+    def release(self) -> None:
+        self.flowing.set()
+
     @property
     def down(self) -> bool:
         return self.budget is not None and self.budget <= 0
 
     def close(self) -> None:
         self.closing = True
+        self.flowing.set()
         self.listener.close()
         self._drop_all()
 
@@ -110,6 +120,7 @@ class CuttingProxy:
                 data = source.recv(65536)
                 if not data:
                     break
+                self.flowing.wait()
                 if self.budget is not None:
                     self.budget -= len(data)
                     if self.budget <= 0:

@@ -404,3 +404,49 @@ def test_a_lazy_mount_keeps_its_cache_under_the_limit_and_never_serves_a_damaged
         assert "fails its hash check" in log and "remote team" in log
     finally:
         other.unmount_all()
+
+
+def test_a_read_waiting_for_a_hung_remote_holds_up_no_one_else(workspace, aws, s3_server, tmp_path):
+    """While one program's read of a lazily mounted file waits for a remote that stopped
+    answering, other programs still list, create, read and stat files on the same mount; the
+    read completes, byte for byte, once the remote answers again."""
+    import threading
+
+    mnt = workspace.mount()
+    payload = os.urandom(2 << 20)
+    (mnt / "waits.bin").write_bytes(payload)
+    (mnt / "local.txt").write_text("here already")
+    workspace.snap(mnt, "shared", wait=True)
+    workspace.cli("remote", "add", "team", f"s3://{aws}/p")
+    cowfs_json(workspace.store, "push", "team")
+
+    proxy = servers.CuttingProxy(int(s3_server.rsplit(":", 1)[1]))
+    other = another_store(tmp_path, "other")
+    try:
+        other.cli("remote", "add", "team", f"s3://{aws}/p", "--endpoint-url", proxy.url)
+        lazy = other.mount("team:shared", name="lazy")
+        assert (lazy / "local.txt").read_text() == "here already"
+        for _ in range(100):  # past pyfuse3's 99 workers: later requests wait their turn with us
+            assert sorted(os.listdir(lazy)) == ["local.txt", "waits.bin"]
+        proxy.hold()
+        watchdog = threading.Timer(30, proxy.release)  # if the others do wait, fail; never hang
+        watchdog.start()
+        got: dict[str, bytes] = {}
+        reader = threading.Thread(target=lambda: got.setdefault("data", (lazy / "waits.bin").read_bytes()))
+        reader.start()
+        try:
+            (lazy / "new").mkdir()
+            for i in range(50):
+                (lazy / "new" / f"{i}.txt").write_text(str(i))
+            assert sorted(os.listdir(lazy / "new")) == sorted(f"{i}.txt" for i in range(50))
+            assert (lazy / "local.txt").read_text() == "here already"
+            assert (lazy / "waits.bin").stat().st_size == len(payload)
+            assert reader.is_alive() and "data" not in got, "the read did not wait for the remote"
+        finally:
+            watchdog.cancel()
+            proxy.release()
+            reader.join(timeout=120)
+        assert got.get("data") == payload
+    finally:
+        other.unmount_all()
+        proxy.close()
