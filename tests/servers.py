@@ -58,6 +58,7 @@ class CuttingProxy:
         self.closing = False
         self.flowing = threading.Event()
         self.flowing.set()
+        self.stalled = threading.Event()  # something arrived while held
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -120,7 +121,9 @@ class CuttingProxy:
                 data = source.recv(65536)
                 if not data:
                     break
-                self.flowing.wait()
+                if not self.flowing.is_set():
+                    self.stalled.set()
+                    self.flowing.wait()
                 if self.budget is not None:
                     self.budget -= len(data)
                     if self.budget <= 0:

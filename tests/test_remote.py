@@ -435,6 +435,7 @@ def test_a_read_waiting_for_a_hung_remote_holds_up_no_one_else(workspace, aws, s
         reader = threading.Thread(target=lambda: got.setdefault("data", (lazy / "waits.bin").read_bytes()))
         reader.start()
         try:
+            assert proxy.stalled.wait(30), "the read never reached the remote"
             (lazy / "new").mkdir()
             for i in range(50):
                 (lazy / "new" / f"{i}.txt").write_text(str(i))
