@@ -32,7 +32,8 @@ def ok(result):
     return result.stdout
 
 
-def test_readme_flow_as_an_ordinary_user(ann):
+def test_readme_flow_as_an_ordinary_user(ann, workspace):
+    workspace.mount()  # another user's (root's) mount: listed, but not as one of ann's
     work, back = ann.home / "work", ann.home / "back"
     ok(ann.cowfs("init"))
     store = ann.home / ".local/share/cowfs/default"
@@ -48,7 +49,9 @@ def test_readme_flow_as_an_ordinary_user(ann):
     ok(ann.run("sh", "-c", f"echo branch > {back}/model.txt"))
     assert ok(ann.run("cat", f"{work}/model.txt")) == "after\n"
     status = json.loads(ok(ann.cowfs("status", "--json")))
-    assert sorted(m["mountpoint"] for m in status["mounts"]) == sorted([str(work), str(back)])
+    own = [m["mountpoint"] for m in status["mounts"] if m.get("store") == str(store)]
+    assert sorted(own) == sorted([str(work), str(back)])
+    assert str(workspace.mounts[0]) in [m["mountpoint"] for m in status["mounts"]]
     sockets = [p for p in Path(f"/tmp/cowfs-{ann.uid}").glob("*") if p.is_socket()] + \
         [p for p in (ann.home / ".cache/cowfs/run").glob("*") if p.is_socket()]
     assert sockets and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in sockets)
