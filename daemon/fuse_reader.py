@@ -43,9 +43,8 @@ BURST_GAP_NS = 2 * SPIN_NS  # a wait in trio this short says the caller's next r
 class FuseReader:
     """Replaces ``pyfuse3._wait_fuse_readable`` for the life of one FUSE session."""
 
-    def __init__(self, fd: int, spin_ns: int = SPIN_NS) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.spin_ns = spin_ns
         self.waiting = False  # a task is parked in trio on the descriptor
         self.closed = False
         self.spares = trio.lowlevel.ParkingLot()
@@ -53,7 +52,7 @@ class FuseReader:
         self.turn_started = time.perf_counter_ns()
         # Spin only while requests come close together: a caller that computes between its
         # requests (pip unpacking a wheel) would make every spin a loss on a busy machine.
-        self.bursting = spin_ns > 0
+        self.bursting = True
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
 
@@ -93,12 +92,12 @@ class FuseReader:
         self.spares.unpark_all()
 
     def _request_arrives_soon(self) -> bool:
-        """Whether a request is, or within ``spin_ns`` becomes, readable; never once trio has
+        """Whether a request is, or within ``SPIN_NS`` becomes, readable; never once trio has
         waited ``TURN_NS`` for its turn. ``poll(0)`` releases the GIL each time round."""
         now = time.perf_counter_ns()
         if now - self.turn_started > TURN_NS:
             return False
-        deadline = now + self.spin_ns
+        deadline = now + SPIN_NS
         while not self.poller.poll(0):
             if time.perf_counter_ns() > deadline:
                 self.bursting = False
@@ -122,14 +121,14 @@ def session_fd() -> int | None:
     return found[0] if len(found) == 1 else None
 
 
-def install(spin_ns: int = SPIN_NS) -> FuseReader | None:
+def install() -> FuseReader | None:
     """Serve the session with a ``FuseReader`` from now on. Without a single ``/dev/fuse`` to
     be sure of, or on a pyfuse3 without the hook, pyfuse3's own waiting stays."""
     fd = session_fd()
     if fd is None or not hasattr(pyfuse3, "_wait_fuse_readable"):
         return None
     global _installed
-    _installed = FuseReader(fd, spin_ns)
+    _installed = FuseReader(fd)
     pyfuse3._wait_fuse_readable = _installed.wait_readable
     return _installed
 

@@ -17,7 +17,7 @@ import pyfuse3
 import trio
 
 from cowfs.daemon import control, fuse_reader
-from cowfs.daemon.addresses import mounts
+from cowfs.daemon.addresses import mount_of
 from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.control import RequestError
 from cowfs.daemon.flusher import Flusher
@@ -112,12 +112,12 @@ class Daemon:
         reply went out: set earlier, it was silently put back to 128 KiB."""
         if self.initialized is not None:
             await self.initialized.wait()
-        for entry in mounts():
-            if entry.mountpoint == str(self.mountpoint) and entry.fstype.startswith("fuse"):
-                try:
-                    Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
-                except OSError as exc:
-                    log.debug("read-ahead left at the default: %s", exc)
+        entry = mount_of(self.mountpoint)
+        if entry is not None and entry.mountpoint == str(self.mountpoint) and entry.fstype.startswith("fuse"):
+            try:
+                Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
+            except OSError as exc:
+                log.debug("read-ahead left at the default: %s", exc)
 
     async def watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
