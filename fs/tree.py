@@ -57,6 +57,7 @@ class Batch:
     # Blocks truncated or deleted at the head after this batch (of the head's epoch) was taken:
     # not worth committing, as the newer hole or tombstone at the same epoch replaces them.
     dropped: set[BlockKey] = field(default_factory=set)
+    files: dict[int, set[int]] = field(default_factory=dict)  # inode -> its indexes in ``blocks``
     _nbytes: int | None = None
 
     @property
@@ -139,6 +140,9 @@ class Tree:
         with store.index.reading() as txn:
             self.view = store.view(txn, branch_id, epoch)
         self.dirty_blocks: dict[BlockKey, bytearray | None] = {}
+        # The keys of dirty_blocks by inode: deleting or truncating a file looks at its own
+        # blocks, not at every dirty block (a scan per unlink made rm -rf after a build quadratic).
+        self.dirty_files: dict[int, set[int]] = {}
         self.dirty_attrs: dict[int, InodeAttrs | None] = {}
         self.dirty_entries: dict[int, dict[bytes, int | None]] = {}
         self.dirty_orphans: dict[int, bool] = {}
@@ -201,11 +205,10 @@ class Tree:
         file's block map, so callers ask only for large files and remember the answer."""
         with self.store.index.reading() as txn:
             present = {U64.unpack(name)[0] for name, _ in versions.iter_scan(txn, self._db_blocks, self.view, ino)}
-        for layer in [batch.blocks for batch in self.inflight] + [self.dirty_blocks]:
-            for (owner, index), block in layer.items():
-                if owner != ino:
-                    continue
-                if block is None:
+        layers = [(batch.blocks, batch.files) for batch in self.inflight]
+        for blocks, files in layers + [(self.dirty_blocks, self.dirty_files)]:
+            for index in files.get(ino, ()):
+                if blocks[(ino, index)] is None:
                     present.discard(index)
                 else:
                     present.add(index)
@@ -465,8 +468,8 @@ class Tree:
     def delete_inode(self, ino: int) -> None:
         """Forget an inode that has no names and no open users; its old versions stay for snapshots."""
         self._writable()
-        for key in [key for key in self.dirty_blocks if key[0] == ino]:
-            self._drop_dirty_block(key)
+        for index in list(self.dirty_files.get(ino, ())):
+            self._drop_dirty_block((ino, index))
         self._forget_in_flight(ino, 0)
         self._set_attrs(ino, None)  # a tombstone, newer than anything in flight
         self.dirty_orphans[ino] = False
@@ -528,7 +531,7 @@ class Tree:
         its snapshot. Returns the block indexes held in flight, which need holes at the head."""
         indexes: set[int] = set()
         for batch in self.inflight:
-            keys = {key for key in batch.blocks if key[0] == ino and key[1] >= first_gone}
+            keys = {(ino, index) for index in batch.files.get(ino, ()) if index >= first_gone}
             if batch.epoch == self.head:
                 batch.dropped.update(keys)
             indexes.update(index for _, index in keys)
@@ -548,10 +551,10 @@ class Tree:
         gone = {U64.unpack(name)[0] for name in versions.scan(txn, self._db_blocks, self.view, ino,
                                                                 start=block_name(first_gone))}
         gone.update(self._forget_in_flight(ino, first_gone))
-        gone.update(index for i, index in self.dirty_blocks if i == ino and index >= first_gone)
+        gone.update(index for index in self.dirty_files.get(ino, ()) if index >= first_gone)
         for index in gone:
             self._drop_dirty_block((ino, index))
-            self.dirty_blocks[(ino, index)] = None  # a hole at the head, committed with the batch
+            self._set_dirty_block((ino, index), None)  # a hole at the head, committed with the batch
 
     def readlink(self, ino: int) -> bytes:
         attrs = self.getattr(ino)
@@ -589,14 +592,24 @@ class Tree:
         if buf is None:  # not dirty yet, or truncated away (then _block gives the hole)
             base = None if whole else self._block(txn, ino, index)
             buf = bytearray(base) if base else bytearray()
-            self.dirty_blocks[key] = buf
+            self._set_dirty_block(key, buf)
             self.dirty_bytes += len(buf)
         return buf
 
+    def _set_dirty_block(self, key: BlockKey, buf: bytearray | None) -> None:
+        self.dirty_blocks[key] = buf
+        self.dirty_files.setdefault(key[0], set()).add(key[1])
+
     def _drop_dirty_block(self, key: BlockKey) -> None:
-        buf = self.dirty_blocks.pop(key, None)
+        if key not in self.dirty_blocks:
+            return
+        buf = self.dirty_blocks.pop(key)
         if buf is not None:
             self.dirty_bytes -= len(buf)
+        indexes = self.dirty_files[key[0]]
+        indexes.discard(key[1])
+        if not indexes:
+            del self.dirty_files[key[0]]
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         with self.store.index.reading() as txn:
@@ -660,7 +673,7 @@ class Tree:
         self._writable()
 
         def change(txn: lmdb.Transaction) -> None:
-            if not self._attrs(txn, ino).is_reg or any(key[0] == ino for key in self.dirty_blocks):
+            if not self._attrs(txn, ino).is_reg or ino in self.dirty_files:
                 raise FsError(errno.EINVAL)
             for index, digest in blocks:
                 if not self.store.has_chunk(txn, digest) and self.store.remote_chunk(txn, digest) is None:
@@ -715,8 +728,8 @@ class Tree:
         if not self.has_dirty and snapshot_id is None:
             return None
         batch = Batch(self.head, self.dirty_blocks, self.dirty_attrs, self.dirty_entries, self.dirty_orphans,
-                      snapshot_id)
-        self.dirty_blocks, self.dirty_attrs, self.dirty_bytes = {}, {}, 0
+                      snapshot_id, files=self.dirty_files)
+        self.dirty_blocks, self.dirty_files, self.dirty_attrs, self.dirty_bytes = {}, {}, {}, 0
         self.dirty_entries, self.dirty_orphans = {}, {}
         self.inflight.append(batch)
         return batch

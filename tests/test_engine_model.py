@@ -203,6 +203,15 @@ class WorkspaceModel(RuleBasedStateMachine):
         assert self._contents(self.tree) == self._expected()
         assert self._times(self.tree) == self.times
 
+    @invariant()
+    def block_indexes_by_file_match_the_blocks(self) -> None:
+        """Deletion and truncation find a file's dirty blocks by these indexes alone: a block
+        missing from them would outlive its file and commit as garbage."""
+        layers = [(batch.blocks, batch.files) for batch in self.tree.inflight]
+        for blocks, files in layers + [(self.tree.dirty_blocks, self.tree.dirty_files)]:
+            assert {(ino, index) for ino, indexes in files.items() for index in indexes} == set(blocks)
+            assert all(files.values())
+
 
 WorkspaceModel.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
 test_workspace_model = WorkspaceModel.TestCase
