@@ -13,6 +13,7 @@ import math
 
 import trio
 
+from cowfs.daemon.memory import return_freed_memory
 from cowfs.fs.store import Store
 from cowfs.fs.tree import Batch, SealedBlocks, Tree, seal_blocks
 
@@ -63,6 +64,7 @@ class Flusher:
         self._retry_now = trio.Event()
         self._failures = 0
         self._rotate_requested = False
+        self._committed_since_trim = False  # freed block buffers the heap may still hold
         self._pack_io = trio.Lock()  # held while threads append to or fsync this daemon's pack
         self.failure: BaseException | None = None
 
@@ -143,6 +145,7 @@ class Flusher:
             if any(member.snapshot_id is not None for member in group):
                 await self._until_done("sync of the store", self._sync_store)
             self._committed += len(group)
+            self._committed_since_trim = True
             await self._rotate_if_requested()
             self._wake()
 
@@ -179,11 +182,15 @@ class Flusher:
         self._changed = trio.Event()
 
     async def run_timer(self, interval: float = 5.0) -> None:
-        """Bound how long data sits only in memory, and how long a commit waits for the disk."""
+        """Bound how long data sits only in memory, and how long a commit waits for the disk;
+        a tick that finds nothing left to flush after some was gives freed memory back."""
         while True:
             await trio.sleep(interval)
             if self.tree.has_dirty:
                 await self.flush(durable=True)
             else:
                 await self._sync_store()
+                if self._committed_since_trim and not self.tree.inflight:
+                    self._committed_since_trim = False
+                    await trio.to_thread.run_sync(return_freed_memory)
             self.tree.store.packs.drop_missing()
