@@ -1,7 +1,7 @@
 """cowfs benchmarks: each workload on a native directory, a minimal pyfuse3 passthrough and
 cowfs, interleaved in one run, reported as median [min-max] and as ratios.
 
-    python bench/run.py [--size-mb 1024] [--files 20000] [--reps 3] [--snapshot-files 1000,10000,100000]
+    python bench/run.py [--size-mb 1024] [--files 20000] [--reps 3] [--snapshot-files 1000,10000,100000] [--settle 0]
 
 Prints a markdown table and writes bench/results/latest.json. Needs root and /dev/fuse.
 """
@@ -190,8 +190,10 @@ def run_comparisons(args: argparse.Namespace, scratch: Path) -> dict[str, dict[s
         for kind in TARGETS:  # interleaved: drift in the machine hits every target alike
             with target(kind, scratch) as mnt:
                 figures = {}
-                figures.update(sequential(mnt, incompressible, "incompressible"))
-                figures.update(sequential(mnt, text, "compressible"))
+                for name, payload in (("incompressible", incompressible), ("compressible", text)):
+                    time.sleep(args.settle)
+                    figures.update(sequential(mnt, payload, name))
+                time.sleep(args.settle)
                 figures.update(random_writes(mnt, 256, args.random_writes))
                 figures.update(small_files(mnt, args.files))
                 figures.update(real_trees(mnt, tarball, repo, count))
@@ -271,7 +273,8 @@ def fmt(values: list[float]) -> str:
 def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace) -> str:
     lines = [f"Workload: {args.size_mb} MiB sequential files, {args.random_writes} random 4 KiB writes into 256 MiB, "
              f"{args.files} small files, tar x and git clone of the Python standard library; "
-             f"{args.reps} repetitions, interleaved; median [min–max].", "",
+             f"{args.reps} repetitions, interleaved; median [min–max]"
+             + (f"; {args.settle:g} s pause before each write phase" if args.settle else "") + ".", "",
              "| metric | native | passthrough | cowfs | cowfs/native | cowfs/passthrough |",
              "|---|---|---|---|---|---|"]
     for metric in results["cowfs"]:
@@ -299,6 +302,9 @@ def main() -> int:
     parser.add_argument("--snapshot-samples", type=int, default=50)
     parser.add_argument("--space-mb", type=int, default=1024)
     parser.add_argument("--scratch", default="/var/tmp")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to pause before each write phase: a VM disk with a write budget "
+                             "(docs/benchmarks.md, session 9) otherwise gives later targets a slower disk")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="cowfs-bench-", dir=args.scratch))
     try:
