@@ -4,7 +4,7 @@ A burst of writes fills up to ~320 MiB of block buffers (64 MiB dirty, 256 MiB i
 Once their batches commit the buffers are freed, but glibc keeps most of that memory in its
 heap, so a daemon left idle after one large write stayed at 300+ MiB resident for good: memory
 a notebook's kernel could use. ``malloc_trim`` hands the free part back to the kernel (after a
-512 MiB write: 335 -> 119 MiB resident, in 13 ms; docs/benchmarks.md, session 9).
+512 MiB write: 384 -> 123 MiB resident, in 13-19 ms; docs/benchmarks.md, session 9).
 """
 
 from __future__ import annotations
