@@ -338,7 +338,8 @@ class Store:
             self._writer = None
 
     def ensure_pack_writer(self) -> None:
-        """Open (or rotate) this process's pack before worker threads append to it."""
+        """Open (or rotate) this process's pack before worker threads append to it. The flusher
+        calls it in a worker thread: closing a pack may fsync, opening one fsyncs its directory."""
         if self._writer is None or self._writer.full:
             self.index.write(self.pack_writer)
 
@@ -462,8 +463,9 @@ class Store:
     def sync_packs(self) -> None:
         """Make appended chunks durable. Every transaction that indexes chunks does this before
         it commits: LMDB pages may reach the disk before a later fsync, pack bytes must not lag."""
-        if self._writer is not None:
-            self._writer.sync()
+        writer = self._writer  # read once: the flusher may rotate it from another thread
+        if writer is not None:
+            writer.sync()
 
     def sync(self) -> None:
         """Packs first, then the index, so the index never points at bytes a crash could lose."""
