@@ -16,6 +16,7 @@ import math
 import trio
 
 from cowfs.daemon.memory import return_freed_memory
+from cowfs.fs.packs import PackWriter
 from cowfs.fs.store import Store
 from cowfs.fs.tree import Batch, SealedBlocks, Tree, seal_blocks
 
@@ -29,7 +30,6 @@ SEAL_SPLIT_MIN_BLOCKS = 8
 async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
     """Seal a batch in two worker threads: blake3, zstd and the pack writes all release the GIL.
     The appended chunks are not durable yet: the commit stage syncs them before it commits."""
-    await trio.to_thread.run_sync(store.ensure_pack_writer)
     items = list(batch.blocks.items())
     if len(items) < SEAL_SPLIT_MIN_BLOCKS:
         return await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
@@ -64,6 +64,12 @@ class Flusher:
         self._failures = 0
         self._rotate_requested = False
         self._committed_since_trim = False  # freed block buffers the heap may still hold
+        self._sealed = 0  # batches sealed, in order
+        # Full packs replaced while earlier batches that appended to them had not committed:
+        # (batches sealed into it, pack); each is synced with the current one, and closed
+        # (unlocked for gc) once those batches have committed.
+        self._retired: list[tuple[int, PackWriter]] = []
+        self._pack_swap = trio.Lock()  # a pack sync never runs while the current pack is replaced
         self.failure: BaseException | None = None
 
     # -- handing work over ---------------------------------------------------------------------
@@ -124,6 +130,31 @@ class Flusher:
             self._rotate_requested = False
             self.tree.store.close_pack()
 
+    async def _next_pack_if_full(self) -> None:
+        """Start a new pack when the current one is full, keeping the old one locked until the
+        batches sealed into it have committed: gc takes an unlocked pack as fully indexed."""
+        async with self._pack_swap:
+            retired = await trio.to_thread.run_sync(self.tree.store.ensure_pack_writer)
+            if retired is not None:
+                self._retired.append((self._sealed, retired))
+
+    async def _sync_packs(self) -> None:
+        """fsync every pack the batches about to commit may have appended to."""
+        def sync_all(packs: list[PackWriter]) -> None:
+            for pack in packs:
+                pack.sync()
+            self.tree.store.sync_packs()
+
+        async with self._pack_swap:
+            await trio.to_thread.run_sync(sync_all, [pack for _, pack in self._retired])
+
+    async def _close_retired_packs(self) -> None:
+        done = [pack for sealed, pack in self._retired if sealed <= self._committed]
+        if done:
+            self._retired = [(sealed, pack) for sealed, pack in self._retired if sealed > self._committed]
+            for pack in done:
+                await trio.to_thread.run_sync(pack.close)
+
     # -- the two stages ---------------------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Seal batches in order and hand them to the commit stage, which may lag behind."""
@@ -133,8 +164,8 @@ class Flusher:
             task_status.started()
             async with sealed_send:
                 async for batch in self._receive:
-                    sealed = await self._until_done(f"flush of epoch {batch.epoch}", seal_in_threads,
-                                                    self.tree.store, batch)
+                    sealed = await self._until_done(f"flush of epoch {batch.epoch}", self._seal, batch)
+                    self._sealed += 1
                     sealed_send.send_nowait((batch, sealed))
 
     async def _commit_in_order(self, sealed_batches: trio.MemoryReceiveChannel) -> None:
@@ -148,19 +179,24 @@ class Flusher:
                     group.append(sealed_batches.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self._until_done("sync of the pack", trio.to_thread.run_sync, self.tree.store.sync_packs)
+            await self._until_done("sync of the packs", self._sync_packs)
             for batch, sealed in group:
                 await self._until_done(f"commit of epoch {batch.epoch}", self._commit, batch, sealed)
             if any(batch.snapshot_id is not None for batch, _ in group):
                 await self._until_done("sync of the store", self._sync_store)
             self._committed += len(group)
             self._committed_since_trim = True
+            await self._close_retired_packs()
             self._rotate_if_requested()
             self._wake()
 
     async def _sync_store(self) -> None:
         """fsync packs, then the index, in a thread."""
         await trio.to_thread.run_sync(self.tree.store.sync)
+
+    async def _seal(self, batch: Batch) -> SealedBlocks:
+        await self._next_pack_if_full()
+        return await seal_in_threads(self.tree.store, batch)
 
     async def _commit(self, batch: Batch, sealed: SealedBlocks) -> None:
         self.tree.commit_batch(batch, sealed)

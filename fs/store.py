@@ -337,11 +337,21 @@ class Store:
             self._writer.close()
             self._writer = None
 
-    def ensure_pack_writer(self) -> None:
-        """Open (or rotate) this process's pack before worker threads append to it. The flusher
-        calls it in a worker thread: closing a pack may fsync, opening one fsyncs its directory."""
-        if self._writer is None or self._writer.full:
+    def ensure_pack_writer(self) -> PackWriter | None:
+        """Open (or rotate) this process's pack before worker threads append to it.
+
+        Returns the full pack it replaced, still open and locked: the caller closes it once
+        every batch that appended to it has committed, because gc takes a pack nobody locks
+        as fully indexed (docs/write-path.md)."""
+        if self._writer is not None and not self._writer.full:
+            return None
+        retired, self._writer = self._writer, None
+        try:
             self.index.write(self.pack_writer)
+        except BaseException:
+            self._writer = retired  # still full: the next call tries again; it must not be lost
+            raise
+        return retired
 
     def write_chunks(self, sealed: Iterable[SealedChunk]) -> dict[bytes, ChunkLocation]:
         """Append the chunks the index does not know yet; safe in a worker thread.

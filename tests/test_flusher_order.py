@@ -1,10 +1,13 @@
-"""The flusher commits a batch only once the pack bytes it refers to are durable, although it
-seals the next batch while the previous one syncs and commits (docs/write-path.md).
+"""The flusher seals the next batch while the previous one syncs and commits, and still keeps
+the two orderings the store relies on (docs/write-path.md):
 
-A commit that indexed chunks whose pack bytes were still only in the page cache would, after a
-machine crash, leave an index pointing at garbage. The crash test finds that only if the crash
-lands in the gap; here every commit is checked against what has been fsynced at that moment,
-with the real engine and flusher and several batches in flight at once."""
+* a batch commits only once the pack bytes it refers to are durable. Otherwise a machine crash
+  could leave an index pointing at garbage; the crash test sees that only if the crash lands in
+  the gap, so here every commit is checked against what was fsynced at that moment;
+* a full pack is closed (unlocked) only once every batch sealed into it has committed, since
+  gc takes an unlocked pack as fully indexed and would delete chunks still to be committed.
+
+The real engine and flusher, with several batches in flight and packs filling up meanwhile."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import stat
 import trio
 
 from cowfs.daemon.flusher import Flusher
+from cowfs.fs import packs
 from cowfs.fs.packs import PackWriter
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import Tree
@@ -23,7 +27,9 @@ MiB = 1 << 20
 
 def test_every_commit_refers_only_to_pack_bytes_already_durable(store: Store, monkeypatch):
     durable: dict[int, int] = {}  # pack id -> bytes fsynced (or closed, which syncs)
+    committed_end: dict[int, int] = {}  # pack id -> end of the last record a commit refers to
     checked: list[int] = []
+    closed: list[int] = []
     real_sync, real_close, real_commit = PackWriter.sync, PackWriter.close, Tree.commit_batch
 
     def sync(writer: PackWriter) -> None:
@@ -33,6 +39,9 @@ def test_every_commit_refers_only_to_pack_bytes_already_durable(store: Store, mo
 
     def close(writer: PackWriter) -> None:
         size = writer.size
+        assert committed_end.get(writer.pack_id, 0) == size, \
+            f"pack {writer.pack_id} is unlocked before the batches sealed into it have committed"
+        closed.append(writer.pack_id)
         real_close(writer)
         durable[writer.pack_id] = max(durable.get(writer.pack_id, 0), size)
 
@@ -40,15 +49,18 @@ def test_every_commit_refers_only_to_pack_bytes_already_durable(store: Store, mo
         for location in sealed.written.values():
             assert location.offset + location.stored_len <= durable.get(location.pack, 0), \
                 f"epoch {batch.epoch} commits pack {location.pack} bytes that are not durable yet"
+            end = location.offset + location.stored_len
+            committed_end[location.pack] = max(committed_end.get(location.pack, 0), end)
         checked.append(len(sealed.written))
         return real_commit(tree, batch, sealed)
 
+    monkeypatch.setattr(packs, "PACK_ROTATE_BYTES", 40 * MiB)  # a new pack every three batches
     monkeypatch.setattr(PackWriter, "sync", sync)
     monkeypatch.setattr(PackWriter, "close", close)
     monkeypatch.setattr(Tree, "commit_batch", commit_batch)
     tree = Tree(store, 1)
     ino, _ = tree.create(ROOT_INODE, b"data.bin", stat.S_IFREG | 0o644, 0, 0)
-    written = [os.urandom(24 * MiB) for _ in range(12)]  # 288 MiB: the pack rotates twice
+    written = [os.urandom(16 * MiB) for _ in range(12)]
 
     async def write_all_then_wait() -> None:
         flusher = Flusher(tree)
@@ -62,4 +74,5 @@ def test_every_commit_refers_only_to_pack_bytes_already_durable(store: Store, mo
 
     trio.run(write_all_then_wait)
     assert len(checked) == len(written) and all(checked)
-    assert tree.read(ino, 5 * 24 * MiB, 24 * MiB) == written[5]
+    assert len(closed) == 3  # the packs filled up while batches were in flight
+    assert tree.read(ino, 5 * 16 * MiB, 16 * MiB) == written[5]
