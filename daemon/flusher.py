@@ -1,10 +1,8 @@
 """Moves dirty data from memory into the store without holding up the FUSE loop.
 
-One flusher per daemon, in two stages. The sealing stage hashes, compresses and appends each
-batch to the pack in worker threads, split in two so both cores work. The commit stage fsyncs
-the pack and commits the batches strictly in the order they were taken (the engine requires
-it), while the sealing stage already works on the next batch. LMDB commits stay on the trio
-thread, between awaits, so they need no lock.
+One flusher task per daemon commits batches strictly in the order they were taken (the
+engine requires it). Hashing and compression run in worker threads, split in two so both
+cores work; LMDB commits stay on the trio thread, between awaits, so they need no lock.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import math
 import trio
 
 from cowfs.daemon.memory import return_freed_memory
-from cowfs.fs.packs import PackWriter
 from cowfs.fs.store import Store
 from cowfs.fs.tree import Batch, SealedBlocks, Tree, seal_blocks
 
@@ -28,21 +25,25 @@ SEAL_SPLIT_MIN_BLOCKS = 8
 
 
 async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
-    """Seal a batch in two worker threads: blake3, zstd and the pack writes all release the GIL.
-    The appended chunks are not durable yet: the commit stage syncs them before it commits."""
+    """Seal a batch in two worker threads: blake3, zstd and the pack writes all release the GIL."""
+    store.ensure_pack_writer()
     items = list(batch.blocks.items())
     if len(items) < SEAL_SPLIT_MIN_BLOCKS:
-        return await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
-    half = math.ceil(len(items) / 2)
-    parts: list[SealedBlocks] = []
+        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
+    else:
+        half = math.ceil(len(items) / 2)
+        parts: list[SealedBlocks] = []
 
-    async def seal_part(part: list) -> None:
-        parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part)))
+        async def seal_part(part: list) -> None:
+            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part)))
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(seal_part, items[:half])
-        nursery.start_soon(seal_part, items[half:])
-    return parts[0].merge(parts[1])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(seal_part, items[:half])
+            nursery.start_soon(seal_part, items[half:])
+        sealed = parts[0].merge(parts[1])
+    # The commit must not reference unsynced pack bytes; fsync here, not on the trio thread.
+    await trio.to_thread.run_sync(store.sync_packs)
+    return sealed
 
 
 def error_code(exc: BaseException | None) -> int | None:
@@ -64,12 +65,7 @@ class Flusher:
         self._failures = 0
         self._rotate_requested = False
         self._committed_since_trim = False  # freed block buffers the heap may still hold
-        self._sealed = 0  # batches sealed, in order
-        # Full packs replaced while earlier batches that appended to them had not committed:
-        # (batches sealed into it, pack); each is synced with the current one, and closed
-        # (unlocked for gc) once those batches have committed.
-        self._retired: list[tuple[int, PackWriter]] = []
-        self._pack_swap = trio.Lock()  # a pack sync never runs while the current pack is replaced
+        self._pack_io = trio.Lock()  # held while threads append to or fsync this daemon's pack
         self.failure: BaseException | None = None
 
     # -- handing work over ---------------------------------------------------------------------
@@ -120,98 +116,57 @@ class Flusher:
     async def rotate_pack(self) -> None:
         """Finish the pack this daemon appends to, so `cowfs gc` may rewrite or delete it.
 
-        Only sealing appends to the pack, and only for batches in flight: it is closed at once
-        if none is, else once they have committed."""
+        Threads use the pack while batches are sealed and while the store syncs (both under
+        ``_pack_io``); it is closed at once if no batch is in flight, else after they commit."""
         self._rotate_requested = True
-        self._rotate_if_requested()
+        await self._rotate_if_requested()
 
-    def _rotate_if_requested(self) -> None:
-        if self._rotate_requested and not self.tree.inflight:
-            self._rotate_requested = False
-            self.tree.store.close_pack()
+    async def _rotate_if_requested(self) -> None:
+        async with self._pack_io:
+            if self._rotate_requested and not self.tree.inflight:
+                self._rotate_requested = False
+                self.tree.store.close_pack()
 
-    async def _next_pack_if_full(self) -> None:
-        """Start a new pack when the current one is full, keeping the old one locked until the
-        batches sealed into it have committed: gc takes an unlocked pack as fully indexed."""
-        async with self._pack_swap:
-            retired = await trio.to_thread.run_sync(self.tree.store.ensure_pack_writer)
-            if retired is not None:
-                self._retired.append((self._sealed, retired))
-
-    async def _sync_packs(self) -> None:
-        """fsync every pack the batches about to commit may have appended to."""
-        def sync_all(packs: list[PackWriter]) -> None:
-            for pack in packs:
-                pack.sync()
-            self.tree.store.sync_packs()
-
-        async with self._pack_swap:
-            await trio.to_thread.run_sync(sync_all, [pack for _, pack in self._retired])
-
-    async def _close_retired_packs(self) -> None:
-        done = [pack for sealed, pack in self._retired if sealed <= self._committed]
-        if done:
-            self._retired = [(sealed, pack) for sealed, pack in self._retired if sealed > self._committed]
-            for pack in done:
-                await trio.to_thread.run_sync(pack.close)
-
-    # -- the two stages ---------------------------------------------------------------------------
+    # -- the worker -------------------------------------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Seal batches in order and hand them to the commit stage, which may lag behind."""
-        sealed_send, sealed_receive = trio.open_memory_channel[tuple[Batch, SealedBlocks]](math.inf)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._commit_in_order, sealed_receive)
-            task_status.started()
-            async with sealed_send:
-                async for batch in self._receive:
-                    sealed = await self._until_done(f"flush of epoch {batch.epoch}", self._seal, batch)
-                    self._sealed += 1
-                    sealed_send.send_nowait((batch, sealed))
-
-    async def _commit_in_order(self, sealed_batches: trio.MemoryReceiveChannel) -> None:
-        """Commit sealed batches in order, one pack fsync for all that are ready; make snapshots
-        durable with one sync per such group (group commit: per-cell snapshots arrive faster
-        than fsync)."""
-        async for first in sealed_batches:
-            group = [first]
+        """Commit batches in order; make snapshots durable with one sync per group of batches
+        that queued up meanwhile (group commit: per-cell snapshots arrive faster than fsync)."""
+        task_status.started()
+        async for batch in self._receive:
+            group = [batch]
             while True:
                 try:
-                    group.append(sealed_batches.receive_nowait())
+                    group.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self._until_done("sync of the packs", self._sync_packs)
-            for batch, sealed in group:
-                await self._until_done(f"commit of epoch {batch.epoch}", self._commit, batch, sealed)
-            if any(batch.snapshot_id is not None for batch, _ in group):
+            async with self._pack_io:
+                for member in group:
+                    await self._until_done(f"flush of epoch {member.epoch}", self._commit, member)
+            if any(member.snapshot_id is not None for member in group):
                 await self._until_done("sync of the store", self._sync_store)
             self._committed += len(group)
             self._committed_since_trim = True
-            await self._close_retired_packs()
-            self._rotate_if_requested()
+            await self._rotate_if_requested()
             self._wake()
 
     async def _sync_store(self) -> None:
-        """fsync packs, then the index, in a thread."""
-        await trio.to_thread.run_sync(self.tree.store.sync)
+        """fsync packs, then the index, in a thread; the pack is not closed meanwhile."""
+        async with self._pack_io:
+            await trio.to_thread.run_sync(self.tree.store.sync)
 
-    async def _seal(self, batch: Batch) -> SealedBlocks:
-        await self._next_pack_if_full()
-        return await seal_in_threads(self.tree.store, batch)
+    async def _commit(self, batch: Batch) -> None:
+        self.tree.commit_batch(batch, await seal_in_threads(self.tree.store, batch))
 
-    async def _commit(self, batch: Batch, sealed: SealedBlocks) -> None:
-        self.tree.commit_batch(batch, sealed)
-
-    async def _until_done(self, what: str, action, *args):
+    async def _until_done(self, what: str, action, *args) -> None:
         # A failed commit (disk full, say) leaves the batch in memory and in the engine's
         # in-flight list, so reads still see it; waiters hear the error; we retry until it lands.
         delay = 0.5
-        failed = False
         while True:
             try:
-                result = await action(*args)
+                await action(*args)
             except Exception as exc:
                 log.error("%s failed, will retry: %s", what, exc)
-                self.failure, failed = exc, True
+                self.failure = exc
                 self._failures += 1
                 self._wake()
                 with trio.move_on_after(delay):
@@ -219,9 +174,8 @@ class Flusher:
                 self._retry_now = trio.Event()
                 delay = min(delay * 2, 10.0)
                 continue
-            if failed:  # the other stage may still be failing: its next attempt says so again
-                self.failure = None
-            return result
+            self.failure = None
+            return
 
     def _wake(self) -> None:
         self._changed.set()

@@ -6,7 +6,6 @@ The header repeats what the index knows so that packs alone can rebuild or check
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -56,22 +55,6 @@ def pack_in_use(path: Path) -> bool:
         os.close(fd)
 
 
-SYNC_FILE_RANGE_WRITE = 2
-try:  # Python's os module lacks sync_file_range
-    _sync_file_range = ctypes.CDLL(None, use_errno=True).sync_file_range
-    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-except (AttributeError, OSError):
-    _sync_file_range = None
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing a range to disk, and return at once: a batch's pack bytes
-    are on their way while the rest of the batch is sealed, so its fsync waits for less (half,
-    on bench/run.py's write). A hint only: an error shows up at the fsync, as it would anyway."""
-    if _sync_file_range is not None and length:
-        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
-
-
 RECORDS_PER_WRITE = 16  # about 2 MiB a call: much larger writes copy slower (32 MiB: 5x)
 
 
@@ -91,12 +74,8 @@ class PackWriter:
         # The pack's name must be durable before any index entry that names it can be.
         sync_directory(directory)
         self.size = os.fstat(self._fd).st_size
-        self._synced = self.size  # bytes below this offset are durable
-        self._syncs_running = 0
-        self._closed = False
-        # Worker threads append side by side, and the flusher syncs what a batch appended while
-        # the next batch appends: fsync runs outside the lock, close waits for it to end.
-        self._lock = threading.Condition()
+        self._unsynced = False
+        self._lock = threading.Lock()  # the flusher's worker threads append side by side
 
     def append(self, chunk: SealedChunk) -> ChunkLocation:
         return self.append_many([chunk])[0]
@@ -106,11 +85,8 @@ class PackWriter:
         often beside a busy FUSE thread, and much larger writes copy slower (on the VM measured)."""
         locations = []
         with self._lock:
-            start = self.size
             for first in range(0, len(chunks), RECORDS_PER_WRITE):
                 locations += self._append(chunks[first:first + RECORDS_PER_WRITE])
-            end = self.size
-        start_writeback(self._fd, start, end - start)
         return locations
 
     def _append(self, chunks: list[SealedChunk]) -> list[ChunkLocation]:
@@ -131,6 +107,7 @@ class PackWriter:
             os.ftruncate(self._fd, self.size)
             raise OSError(errno.ENOSPC, f"no space left for {self.path}")
         self.size = offset
+        self._unsynced = True
         return locations
 
     @property
@@ -138,30 +115,13 @@ class PackWriter:
         return self.size >= PACK_ROTATE_BYTES
 
     def sync(self) -> None:
-        """Make every record appended before this call durable; appends may go on meanwhile."""
-        with self._lock:
-            if self._closed or self._synced >= self.size:
-                return  # a closed pack was synced by close
-            target = self.size
-            self._syncs_running += 1
-        try:
+        if self._unsynced:
             os.fsync(self._fd)
-        finally:
-            with self._lock:
-                self._syncs_running -= 1
-                self._lock.notify_all()
-        with self._lock:
-            self._synced = max(self._synced, target)
+            self._unsynced = False
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._lock.wait_for(lambda: not self._syncs_running)
-            if self._synced < self.size:
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._closed = True
+        self.sync()
+        os.close(self._fd)
 
 
 def record_header(digest: bytes, raw_len: int, stored_len: int) -> bytes:

@@ -337,21 +337,10 @@ class Store:
             self._writer.close()
             self._writer = None
 
-    def ensure_pack_writer(self) -> PackWriter | None:
-        """Open (or rotate) this process's pack before worker threads append to it.
-
-        Returns the full pack it replaced, still open and locked: the caller closes it once
-        every batch that appended to it has committed, because gc takes a pack nobody locks
-        as fully indexed (docs/write-path.md)."""
-        if self._writer is not None and not self._writer.full:
-            return None
-        retired, self._writer = self._writer, None
-        try:
+    def ensure_pack_writer(self) -> None:
+        """Open (or rotate) this process's pack before worker threads append to it."""
+        if self._writer is None or self._writer.full:
             self.index.write(self.pack_writer)
-        except BaseException:
-            self._writer = retired  # still full: the next call tries again; it must not be lost
-            raise
-        return retired
 
     def write_chunks(self, sealed: Iterable[SealedChunk]) -> dict[bytes, ChunkLocation]:
         """Append the chunks the index does not know yet; safe in a worker thread.
@@ -473,9 +462,8 @@ class Store:
     def sync_packs(self) -> None:
         """Make appended chunks durable. Every transaction that indexes chunks does this before
         it commits: LMDB pages may reach the disk before a later fsync, pack bytes must not lag."""
-        writer = self._writer  # read once: the flusher may rotate it from another thread
-        if writer is not None:
-            writer.sync()
+        if self._writer is not None:
+            self._writer.sync()
 
     def sync(self) -> None:
         """Packs first, then the index, so the index never points at bytes a crash could lose."""

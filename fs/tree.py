@@ -735,10 +735,8 @@ class Tree:
         return batch
 
     def seal(self, batch: Batch) -> SealedBlocks:
-        """``seal_blocks`` for a whole batch, in this thread (earlier batches have committed)."""
-        retired = self.store.ensure_pack_writer()
-        if retired is not None:
-            retired.close()
+        """``seal_blocks`` for a whole batch, in this thread."""
+        self.store.ensure_pack_writer()
         return seal_blocks(self.store, batch.blocks)
 
     def commit_batch(self, batch: Batch, sealed: SealedBlocks) -> int:

@@ -1,5 +1,5 @@
-"""The flusher seals the next batch while the previous one syncs and commits, and still keeps
-the two orderings the store relies on (docs/write-path.md):
+"""The flusher keeps the two orderings the store relies on (docs/write-path.md), with several
+batches queued and packs filling up meanwhile:
 
 * a batch commits only once the pack bytes it refers to are durable. Otherwise a machine crash
   could leave an index pointing at garbage; the crash test sees that only if the crash lands in
@@ -7,7 +7,8 @@ the two orderings the store relies on (docs/write-path.md):
 * a full pack is closed (unlocked) only once every batch sealed into it has committed, since
   gc takes an unlocked pack as fully indexed and would delete chunks still to be committed.
 
-The real engine and flusher, with several batches in flight and packs filling up meanwhile."""
+Both broke in a trial that sealed the next batch while the previous one committed (session 10,
+docs/benchmarks.md); this test failed on each."""
 
 from __future__ import annotations
 
