@@ -26,7 +26,7 @@ from cowfs.fs.tree import Tree
 MiB = 1 << 20
 
 
-def test_every_commit_refers_only_to_pack_bytes_already_durable(store: Store, monkeypatch):
+def test_commits_wait_for_their_pack_bytes_and_packs_close_after_their_commits(store: Store, monkeypatch):
     durable: dict[int, int] = {}  # pack id -> bytes fsynced (or closed, which syncs)
     committed_end: dict[int, int] = {}  # pack id -> end of the last record a commit refers to
     checked: list[int] = []
@@ -39,7 +39,7 @@ def test_every_commit_refers_only_to_pack_bytes_already_durable(store: Store, mo
         durable[writer.pack_id] = max(durable.get(writer.pack_id, 0), size)
 
     def close(writer: PackWriter) -> None:
-        size = writer.size
+        size = writer.size  # random data: every record appended is one that a commit refers to
         assert committed_end.get(writer.pack_id, 0) == size, \
             f"pack {writer.pack_id} is unlocked before the batches sealed into it have committed"
         closed.append(writer.pack_id)
