@@ -31,9 +31,18 @@ def foreign_mount_message(mountpoint: str | Path, owner: int) -> str:
 
 
 def request(mountpoint: str | Path, payload: dict, timeout: float = 120.0) -> dict:
+    check_own_mount(mountpoint)
+    return _send(mountpoint, payload, timeout)
+
+
+def check_own_mount(mountpoint: str | Path) -> None:
+    """Another user's daemon is not asked anything (its socket would refuse us anyway)."""
     owner = foreign_owner(mountpoint)
     if owner is not None:
         raise DaemonError(foreign_mount_message(mountpoint, owner))
+
+
+def _send(mountpoint: str | Path, payload: dict, timeout: float) -> dict:
     try:
         path = find_control_socket(mountpoint)
     except AddressError as exc:
@@ -82,14 +91,16 @@ def sync_mount(mountpoint: str | Path) -> None:
 
 
 def snapshot(mountpoint: str | Path, label: str = "", meta: dict | None = None, wait: bool = False,
-             timeout: float = 120.0) -> dict:
-    """Take a snapshot of a mount: everything written before this call is in it."""
-    owner = foreign_owner(mountpoint)
-    if owner is not None:
-        raise DaemonError(foreign_mount_message(mountpoint, owner))
+             timeout: float = 120.0, lazy: bool = False) -> dict:
+    """Take a snapshot of a mount: everything written before this call is in it.
+
+    ``lazy``: return before the record is written (the daemon writes it with its next commit,
+    a moment later), so the call never waits for the disk; `cowfs log` and `cowfs mount` may
+    not find the snapshot until then. Per-cell snapshots ask for this; `cowfs snap` does not."""
+    check_own_mount(mountpoint)
     sync_mount(mountpoint)
-    return request(mountpoint, {"op": "snapshot", "label": label, "meta": meta or {}, "wait": wait},
-                   timeout=timeout)["snapshot"]
+    return _send(mountpoint, {"op": "snapshot", "label": label, "meta": meta or {}, "wait": wait, "lazy": lazy},
+                 timeout=timeout)["snapshot"]
 
 
 def resolve_store_path(explicit: str | None) -> Path:

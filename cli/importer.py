@@ -38,6 +38,7 @@ def import_directory(store: Store, source: Path, progress: Progress = silent) ->
     tree.flush()
     report.snapshot, _ = tree.snapshot(f"import of {source}", {"kind": "import", "source": str(source)})
     tree.flush()
+    tree.give_back_snapshot_ids()
     store.sync()
     return report
 

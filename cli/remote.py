@@ -319,6 +319,7 @@ def pull(store: Store, config: RemoteConfig, ref: str, progress: Progress = sile
         meta["lazy"] = True
     tree.snapshot(document["label"], meta)
     tree.flush()
+    tree.give_back_snapshot_ids()
     store.sync()
     report.local_snapshot = next(r.name for r in store.snapshots() if r.meta.get("remote_id") == document["id"])
     report.branch = branch.name

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if swept:
             tree.flush()
             log.info("deleted %d files that a previous daemon left open and nameless", swept)
+        tree.reserve_snapshot_ids()
         flusher = Flusher(tree)
         operations = CowOperations(tree, flusher, xattrs=args.xattrs or tree.has_xattrs())
         # Everything that looks at the mount point happens before the mount: once mounted,
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         # Whatever ended the loop, nothing acknowledged may stay only in memory.
         try:
             tree.flush()
+            tree.give_back_snapshot_ids()
             store.sync()
         finally:
             pyfuse3.close(unmount=True)

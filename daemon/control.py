@@ -1,6 +1,7 @@
 """The control socket: JSON lines between the CLI (or the kernel extension) and a daemon.
 
-Requests: ``{"op": "snapshot", "label": str, "meta": {...}, "wait": bool}``, ``{"op": "status"}``,
+Requests: ``{"op": "snapshot", "label": str, "meta": {...}, "wait": bool, "lazy": bool}``,
+``{"op": "status"}``,
 ``{"op": "flush"}``, ``{"op": "rotate"}`` (finish the current pack so gc may rewrite it),
 ``{"op": "stop"}``. Every reply is one line ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "what happened and what to do"}``. The socket is 0600 in a 0700

@@ -2,7 +2,9 @@
 
 One flusher task per daemon commits batches strictly in the order they were taken (the
 engine requires it). Hashing and compression run in worker threads, split in two so both
-cores work; LMDB commits stay on the trio thread, between awaits, so they need no lock.
+cores work. The index commit runs in a worker thread too: its fdatasync waits behind the
+pack writeback for milliseconds to tens of them, during which the loop keeps serving FUSE
+requests and snapshots (``Tree.write_batch`` says what may happen meanwhile).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class Flusher:
         self.tree = tree
         self._send, self._receive = trio.open_memory_channel[Batch](math.inf)
         self._taken = 0  # batches handed to the worker
-        self._committed = 0  # batches committed, in order
+        self._listed = 0  # batches committed to the index, in order (their snapshots listed)
+        self._committed = 0  # batches committed and, where they list snapshots, synced
         self._changed = trio.Event()
         self._retry_now = trio.Event()
         self._failures = 0
@@ -85,14 +88,22 @@ class Flusher:
         return OSError(code, f"flushing to the store failed: {self.failure}")
 
     async def wait_committed(self, sequence: int) -> None:
-        """Wait for a batch; raise if an attempt to commit fails while we wait.
+        """Wait for a batch, and for the sync that makes the snapshots it lists durable; raise
+        if an attempt to commit fails while we wait.
 
         A failing store is retried with backoff; a new waiter cuts the backoff short, so
         fsync after the disk has room again succeeds at once instead of reporting old news."""
+        await self._wait_for(lambda: self._committed >= sequence)
+
+    async def wait_listed(self, sequence: int) -> None:
+        """Wait until a batch is in the index: the snapshots it carries are listed, not yet synced."""
+        await self._wait_for(lambda: self._listed >= sequence)
+
+    async def _wait_for(self, reached) -> None:
         failures_at_start = self._failures
         if self.failure is not None:
             self._retry_now.set()
-        while self._committed < sequence:
+        while not reached():
             await self._changed.wait()
             if self._failures > failures_at_start:
                 raise self._failure_error()
@@ -142,7 +153,9 @@ class Flusher:
             async with self._pack_io:
                 for member in group:
                     await self._until_done(f"flush of epoch {member.epoch}", self._commit, member)
-            if any(member.snapshot_id is not None for member in group):
+                    self._listed += 1
+                    self._wake()
+            if any(member.records for member in group):
                 await self._until_done("sync of the store", self._sync_store)
             self._committed += len(group)
             self._committed_since_trim = True
@@ -155,7 +168,9 @@ class Flusher:
             await trio.to_thread.run_sync(self.tree.store.sync)
 
     async def _commit(self, batch: Batch) -> None:
-        self.tree.commit_batch(batch, await seal_in_threads(self.tree.store, batch))
+        sealed = await seal_in_threads(self.tree.store, batch)
+        await trio.to_thread.run_sync(self.tree.write_batch, batch, sealed)
+        self.tree.batch_committed(batch)
 
     async def _until_done(self, what: str, action, *args) -> None:
         # A failed commit (disk full, say) leaves the batch in memory and in the engine's

@@ -56,7 +56,7 @@ class Daemon:
                 raise RequestError(f"a label is one line of at most {MAX_LABEL} characters")
             if not isinstance(meta, dict) or len(repr(meta)) > MAX_META_BYTES:
                 raise RequestError("meta must be a JSON object of at most 64 KiB")
-            record = await self.snapshot(label, meta, bool(request.get("wait")))
+            record = await self.snapshot(label, meta, bool(request.get("wait")), bool(request.get("lazy")))
             return {"ok": True, "snapshot": describe(record)}
         if op == "status":
             return {"ok": True, **self.status()}
@@ -81,21 +81,24 @@ class Daemon:
         do the syncfs themselves before asking for a snapshot."""
         await trio.run_process(["sync", "-f", str(self.mountpoint)], check=False)
 
-    async def snapshot(self, label: str, meta: dict, wait: bool):
-        """Snapshot what has reached the daemon; the requester has synced the mount first."""
+    async def snapshot(self, label: str, meta: dict, wait: bool, lazy: bool = False):
+        """Snapshot what has reached the daemon; the requester has synced the mount first.
+
+        The reply comes once the snapshot is listed (its batch committed, `Tree.snapshot`),
+        once it is durable with ``wait``, and at once when ``lazy``: a cell never waits for
+        the disk, and `cowfs snap` returns a snapshot that `cowfs mount` can open whole."""
         # No await between the two: no request can slip between naming the changes and the cut.
         record, batch = self.tree.snapshot(label, {**meta, "changed_paths": self.changes.take()})
-        if batch is None:  # nothing changed: shares the previous snapshot's epoch
-            if wait:
-                await self.flusher.flush(durable=True)
-                record = replace(record, durable=True)
-            return record
-        sequence = self.flusher.submit(batch)
+        # Unchanged: no batch of its own; the record goes with whatever is taken next.
+        sequence = self.flusher.submit(batch) if batch is not None else self.flusher.kick()
         log.debug("snapshot %s of branch %s at epoch %d%s", record.name, self.branch.name, record.epoch,
-                 f" ({label})" if label else "")
+                  f" ({label})" if label else "")
         if wait:
             await self.flusher.wait_committed(sequence)
-            record = self.store.snapshot(record.id) or record
+            return replace(self.store.snapshot(record.id) or record, durable=True)
+        if not lazy:
+            await self.flusher.wait_listed(sequence)
+            return self.store.snapshot(record.id) or record
         return record
 
     def status(self) -> dict:
@@ -124,7 +127,7 @@ class Daemon:
             async for signum in signals:
                 if signum == signal.SIGUSR1:
                     await self.push_kernel_pages()
-                    await self.snapshot("", {"trigger": "SIGUSR1"}, wait=False)
+                    await self.snapshot("", {"trigger": "SIGUSR1"}, wait=False, lazy=True)
                 else:
                     log.info("signal %d: stopping", signum)
                     self.stop_requested.set()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import itertools
 import os
 import re
 import stat
@@ -247,26 +246,27 @@ class Store:
         return fd
 
     # -- snapshots ---------------------------------------------------------------------------
-    def take_snapshot(self, txn: lmdb.Transaction, branch_id: int, label: str, meta: dict,
-                      changed_inodes: set[int]) -> SnapshotRecord:
-        """Freeze the branch's head epoch and open the next one: two small records, nothing more.
+    def take_snapshot_ids(self, txn: lmdb.Transaction, count: int = 1) -> range:
+        """Snapshot numbers are store-wide and handed out in order, so ``@N`` sorts by age."""
+        first = self._take(txn, b"next_snapshot", count)
+        return range(first, first + count)
 
-        The record lists the inodes changed in the epoch it closes (O(the change), capped),
-        which is what `cowfs blame` and `cowfs log --cells` read."""
-        branch = self.branch(txn, branch_id)
-        record = SnapshotRecord(self._take(txn, b"next_snapshot"), branch.id, branch.head, time.time(),
-                                label, meta, branch.bytes_since_snapshot, False,
-                                changed_inodes=sorted(itertools.islice(changed_inodes, MAX_CHANGED_LISTED)),
-                                changed_count=len(changed_inodes))
-        self.put_branch(txn, replace(branch, head=branch.head + 1, bytes_since_snapshot=0))
-        self.put_snapshot(txn, record)
-        return record
+    def give_back_snapshot_ids(self, txn: lmdb.Transaction, ids: range) -> None:
+        """Numbers reserved and never used go back if no one took any after them: a daemon that
+        exits leaves no gap in the numbering (it may after a crash, or beside another daemon)."""
+        meta = self.index.db(DB_META)
+        if ids and _get_u64(txn, meta, b"next_snapshot") == ids.stop:
+            txn.put(b"next_snapshot", U64.pack(ids.start), db=meta)
 
-    def record_unchanged_snapshot(self, txn: lmdb.Transaction, previous: SnapshotRecord, label: str,
-                                  meta: dict) -> SnapshotRecord:
-        """A snapshot of a tree that has not changed since ``previous``: same epoch, no new data."""
-        record = SnapshotRecord(self._take(txn, b"next_snapshot"), previous.branch, previous.epoch, time.time(),
-                                label, meta, 0, previous.durable, same_as=previous.same_as or previous.id)
+    def list_snapshot(self, txn: lmdb.Transaction, record: SnapshotRecord) -> SnapshotRecord:
+        """Write a snapshot record. One that closes its branch's head epoch (not ``same_as`` an
+        earlier one) also opens the next and takes over the bytes the closed epoch added so far:
+        two small records, nothing more, whatever the size of the workspace."""
+        if record.same_as is None:
+            branch = self.branch(txn, record.branch)
+            assert branch.head == record.epoch, "another process moved this branch's head"
+            record = replace(record, bytes_added=branch.bytes_since_snapshot)
+            self.put_branch(txn, replace(branch, head=branch.head + 1, bytes_since_snapshot=0))
         self.put_snapshot(txn, record)
         return record
 

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import stat
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import lmdb
 
@@ -33,11 +36,13 @@ from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_OR
                            block_name, entry_name, name_of_entry)
 from cowfs.fs.listing import DirListing
 from cowfs.fs.records import ChunkLocation, InodeAttrs, SnapshotRecord
-from cowfs.fs.store import ROOT_INODE, Store
+from cowfs.fs.store import MAX_CHANGED_LISTED, ROOT_INODE, Store
 
 BLOCK_SIZE = 128 * 1024
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
+SNAPSHOT_IDS_AHEAD = 32  # numbers reserved ahead, so that taking a snapshot writes nothing
+T = TypeVar("T")
 RENAME_EXCHANGE = 2
 # As ext4 with 4 KiB blocks: a size beyond it is a mistake (truncate(2**62)), not a file.
 MAX_FILE_SIZE = 16 * 2**40
@@ -54,6 +59,9 @@ class Batch:
     entries: dict[int, dict[bytes, int | None]] = field(default_factory=dict)  # dir -> name -> inode
     orphans: dict[int, bool] = field(default_factory=dict)  # inode -> has no name (True) / settled
     snapshot_id: int | None = None
+    # Snapshots taken since the previous batch, this one's last: listed when it commits, so a
+    # snapshot anyone can see holds all of its data (an unchanged one shares an earlier epoch).
+    records: list[SnapshotRecord] = field(default_factory=list)
     # Blocks truncated or deleted at the head after this batch (of the head's epoch) was taken:
     # not worth committing, as the newer hole or tombstone at the same epoch replaces them.
     dropped: set[BlockKey] = field(default_factory=set)
@@ -150,6 +158,9 @@ class Tree:
         self.inflight: list[Batch] = []
         self._inode_pool: Iterator[int] = iter(())
         self._snapshot_at_epoch: dict[int, int] = {}  # closed epoch -> its snapshot, for accounting
+        self._snapshot_ids: deque[int] = deque()  # reserved by an earlier write, in order
+        self.unlisted: list[SnapshotRecord] = []  # taken since the last batch was (Batch.records)
+        self._writing = threading.Lock()  # held by a write transaction of this tree (_write)
         self.changed_since_snapshot = True  # unknown after a restart, so assume changed
         self.changed_inodes: set[int] = set()  # inodes changed since the last snapshot ("blame")
         self.last_snapshot: SnapshotRecord | None = None
@@ -235,7 +246,41 @@ class Tree:
 
     @property
     def has_dirty(self) -> bool:
-        return bool(self.dirty_blocks or self.dirty_attrs or self.dirty_entries or self.dirty_orphans)
+        """Anything to commit: dirty state, or snapshot records not written yet."""
+        return bool(self.dirty_blocks or self.dirty_attrs or self.dirty_entries or self.dirty_orphans
+                    or self.unlisted)
+
+    def _write(self, change: Callable[[lmdb.Transaction], T]) -> T:
+        """One write transaction of this branch; it also tops up the reserved snapshot numbers.
+
+        The lock orders transactions from the loop and from the flusher's worker thread, and
+        with them the ranges reserved, so numbers keep the order in which snapshots are taken."""
+        reserved = range(0)
+
+        def then_reserve(txn: lmdb.Transaction) -> T:
+            nonlocal reserved
+            result = change(txn)
+            wanted = SNAPSHOT_IDS_AHEAD - len(self._snapshot_ids)
+            reserved = self.store.take_snapshot_ids(txn, wanted) if wanted > SNAPSHOT_IDS_AHEAD // 2 else range(0)
+            return result
+
+        with self._writing:
+            result = self.store.index.write(then_reserve)
+            self._snapshot_ids.extend(reserved)
+        return result
+
+    def reserve_snapshot_ids(self) -> None:
+        """Taking a snapshot writes nothing while numbers are reserved: each commit tops them up,
+        and a daemon reserves some when it starts."""
+        self._write(lambda txn: None)
+
+    def give_back_snapshot_ids(self) -> None:
+        """At the end of a daemon, once flushed: numbers it reserved and did not use are not
+        skipped by the next one."""
+        ids = range(self._snapshot_ids[0], self._snapshot_ids[-1] + 1) if self._snapshot_ids else range(0)
+        if ids and len(ids) == len(self._snapshot_ids) and not self.unlisted:
+            self.store.index.write(lambda txn: self.store.give_back_snapshot_ids(txn, ids))
+            self._snapshot_ids.clear()
 
     # -- directories -------------------------------------------------------------------------
     def _entry_layers(self, parent: int) -> list[dict[bytes, int | None]]:
@@ -680,7 +725,7 @@ class Tree:
                     raise CorruptChunkError(f"chunk {digest.hex()[:16]} is not in the store; it cannot be adopted")
                 versions.put(txn, self._db_blocks, self.branch_id, self.head, ino, block_name(index), digest)
 
-        self.store.index.write(change)
+        self._write(change)
         self.changed_inodes.add(ino)
         self.setattr(ino, size=size)
 
@@ -720,7 +765,7 @@ class Tree:
             versions.put(txn, self._db_xattrs, self.branch_id, self.head, ino, entry_name(name), value)
             self._set_attrs(ino, attrs.changed(ctime_ns=_now()))
 
-        self.store.index.write(change)
+        self._write(change)
 
     # -- flushing and snapshots ----------------------------------------------------------------
     def take_batch(self, snapshot_id: int | None = None) -> Batch | None:
@@ -728,7 +773,8 @@ class Tree:
         if not self.has_dirty and snapshot_id is None:
             return None
         batch = Batch(self.head, self.dirty_blocks, self.dirty_attrs, self.dirty_entries, self.dirty_orphans,
-                      snapshot_id, files=self.dirty_files)
+                      snapshot_id, self.unlisted, files=self.dirty_files)
+        self.unlisted = []
         self.dirty_blocks, self.dirty_files, self.dirty_attrs, self.dirty_bytes = {}, {}, {}, 0
         self.dirty_entries, self.dirty_orphans = {}, {}
         self.inflight.append(batch)
@@ -743,10 +789,23 @@ class Tree:
         """Store a sealed batch at its own epoch; returns the compressed bytes it added.
 
         Batches must commit in the order they were taken (the daemon has one flusher)."""
+        added = self.write_batch(batch, sealed)
+        self.batch_committed(batch)
+        return added
+
+    def write_batch(self, batch: Batch, sealed: SealedBlocks) -> int:
+        """The index half of ``commit_batch``. The daemon runs it in a worker thread, so that
+        its fdatasync never stops the FUSE loop, then calls ``batch_committed`` on the loop.
+
+        Meanwhile the loop may read (the batch is still in flight, so reads see it either way),
+        take snapshots and mark blocks of the batch dropped (it then commits them anyway; the
+        newer state that dropped them still overrides them). Its own writes wait for this one."""
         assert self.inflight and self.inflight[0] is batch, "batches commit in the order taken"
         store = self.store
 
         def change(txn: lmdb.Transaction) -> int:
+            for record in batch.records:
+                store.list_snapshot(txn, record)
             kept = {key: chunk for key, chunk in sealed.chunks.items() if key not in batch.dropped}
             added = store.add_chunks(txn, (c for c in kept.values() if c is not None), sealed.written)
             for (ino, index), chunk in kept.items():
@@ -765,24 +824,26 @@ class Tree:
                     txn.put(key, b"", db=self._db_orphans)
                 else:
                     txn.delete(key, db=self._db_orphans)
-            # Space is charged to the snapshot that closed the batch's epoch, or to the open one.
+            # Space is charged to the snapshot that closed the batch's epoch, or, until that one
+            # is listed (with the epoch's last batch), to the open epoch: listing takes it over.
             owner = self._snapshot_at_epoch.get(batch.epoch)
-            if owner is not None:
-                record = store.snapshot_in(txn, owner)
-                if record is not None:
-                    durable = record.durable or batch.snapshot_id == owner
-                    store.put_snapshot(txn, replace(record, durable=durable,
-                                                    bytes_added=record.bytes_added + added))
+            record = store.snapshot_in(txn, owner) if owner is not None else None
+            if record is not None:
+                durable = record.durable or batch.snapshot_id == owner
+                store.put_snapshot(txn, replace(record, durable=durable, bytes_added=record.bytes_added + added))
             else:
                 branch = store.branch(txn, self.branch_id)
                 store.put_branch(txn, replace(branch, bytes_since_snapshot=branch.bytes_since_snapshot + added))
             return added
 
-        added = store.index.write(change)
+        return self._write(change)
+
+    def batch_committed(self, batch: Batch) -> None:
+        """Once ``write_batch`` returned, on the thread that serves reads: they now find the
+        batch in the index."""
         self.inflight.pop(0)
         if batch.snapshot_id is not None:
             self._snapshot_at_epoch.pop(batch.epoch, None)
-        return added
 
     def flush(self) -> int:
         """Take, seal and commit in one go (what tests and the daemon's shutdown use)."""
@@ -796,30 +857,39 @@ class Tree:
         return added
 
     def snapshot(self, label: str = "", meta: dict | None = None) -> tuple[SnapshotRecord, Batch | None]:
-        """Take a snapshot at once; it is durable when the returned batch commits.
+        """Take a snapshot at once, writing nothing: its number was reserved by an earlier commit.
+
+        The record travels with the batch returned, and is listed (`cowfs log` shows it,
+        `cowfs mount` finds it) when that batch commits: so a snapshot that can be seen holds
+        all of its data, and a caller waits for the disk only if it asks to. The snapshot is
+        durable once the store is synced after that commit.
 
         When nothing changed since the previous snapshot of this tree, the new one shares its
-        epoch: one small record, no batch, and ``same_as`` tells the log it added nothing."""
+        epoch (``same_as`` tells the log it added nothing) and no batch is returned: the record
+        goes with the next batch taken (``take_batch``, which ``flush`` and a flusher's kick call)."""
         if self.readonly:
             raise FsError(errno.EROFS)
-        previous = self.last_snapshot
+        if not self._snapshot_ids:
+            self.reserve_snapshot_ids()
+        number = self._snapshot_ids.popleft()
+        previous, meta = self.last_snapshot, meta or {}
         if not self.changed_since_snapshot and previous is not None:
-            record = self.store.index.write(
-                lambda txn: self.store.record_unchanged_snapshot(txn, previous, label, meta or {}))
+            record = SnapshotRecord(number, previous.branch, previous.epoch, time.time(), label, meta, 0,
+                                    previous.durable, same_as=previous.same_as or previous.id)
+            self.unlisted.append(record)
             self.last_snapshot = record
             return record, None
-        batch_epoch = self.head
-        changed = self.changed_inodes
-        record = self.store.index.write(
-            lambda txn: self.store.take_snapshot(txn, self.branch_id, label, meta or {}, changed))
-        assert record.epoch == batch_epoch, "another process moved this branch's head"
+        record = SnapshotRecord(number, self.branch_id, self.head, time.time(), label, meta, 0, False,
+                                changed_inodes=sorted(itertools.islice(self.changed_inodes, MAX_CHANGED_LISTED)),
+                                changed_count=len(self.changed_inodes))
+        self.unlisted.append(record)
+        self.last_snapshot = record
         self._snapshot_at_epoch[record.epoch] = record.id
         batch = self.take_batch(snapshot_id=record.id)
         assert batch is not None
         self.view = ((self.branch_id, record.epoch + 1),) + self.view[1:]
         self.changed_since_snapshot = False
         self.changed_inodes = set()
-        self.last_snapshot = record
         return record, batch
 
     # -- walking -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
 from cowfs.fs.errors import FsError
+from cowfs.fs.history import is_durable
 
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, Tree
@@ -48,10 +49,18 @@ class WorkspaceModel(RuleBasedStateMachine):
         return tree
 
     def teardown(self) -> None:
+        """Every snapshot, lazy ones included, is listed once flushed, numbered in the order
+        taken, durable, and holds what the tree held when it was taken."""
         self.tree.flush()
+        ids = [record.id for record, _, _ in self.frozen]
+        assert ids == sorted(set(ids)), f"snapshot numbers out of order or repeated: {ids}"
         for record, expected, times in self.frozen:
-            assert self._contents(Tree.at_snapshot(self.store, record)) == expected
-            assert self._times(Tree.at_snapshot(self.store, record)) == times
+            listed = self.store.snapshot(record.id)
+            assert listed is not None, f"snapshot {record.name} was never written"
+            assert (listed.branch, listed.epoch, listed.same_as) == (record.branch, record.epoch, record.same_as)
+            assert is_durable(self.store, listed)
+            assert self._contents(Tree.at_snapshot(self.store, listed)) == expected
+            assert self._times(Tree.at_snapshot(self.store, listed)) == times
         self.store.close()
         self._dir.cleanup()
 
@@ -197,6 +206,15 @@ class WorkspaceModel(RuleBasedStateMachine):
         self.has_subdir = expected.pop(SUBDIR, None) == DIRECTORY
         self.model = {k: bytearray(v) for k, v in expected.items()}
         self.times = times
+
+    @invariant()
+    def a_listed_snapshot_is_whole(self) -> None:
+        """A snapshot is listed only with the batch that completes it: whoever finds it
+        (`cowfs log`, `cowfs mount`) finds all of its data, while later batches are in flight."""
+        for record, expected, _ in self.frozen[-3:]:
+            listed = self.store.snapshot(record.id)
+            if listed is not None:
+                assert self._contents(Tree.at_snapshot(self.store, listed)) == expected
 
     @invariant()
     def live_tree_matches_model(self) -> None:

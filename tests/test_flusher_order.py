@@ -31,7 +31,7 @@ def test_commits_wait_for_their_pack_bytes_and_packs_close_after_their_commits(s
     committed_end: dict[int, int] = {}  # pack id -> end of the last record a commit refers to
     checked: list[int] = []
     closed: list[int] = []
-    real_sync, real_close, real_commit = PackWriter.sync, PackWriter.close, Tree.commit_batch
+    real_sync, real_close, real_commit = PackWriter.sync, PackWriter.close, Tree.write_batch
 
     def sync(writer: PackWriter) -> None:
         size = writer.size  # what this fsync covers at least
@@ -46,7 +46,7 @@ def test_commits_wait_for_their_pack_bytes_and_packs_close_after_their_commits(s
         real_close(writer)
         durable[writer.pack_id] = max(durable.get(writer.pack_id, 0), size)
 
-    def commit_batch(tree: Tree, batch, sealed) -> int:
+    def write_batch(tree: Tree, batch, sealed) -> int:
         for location in sealed.written.values():
             assert location.offset + location.stored_len <= durable.get(location.pack, 0), \
                 f"epoch {batch.epoch} commits pack {location.pack} bytes that are not durable yet"
@@ -58,7 +58,7 @@ def test_commits_wait_for_their_pack_bytes_and_packs_close_after_their_commits(s
     monkeypatch.setattr(packs, "PACK_ROTATE_BYTES", 40 * MiB)  # a new pack every three batches
     monkeypatch.setattr(PackWriter, "sync", sync)
     monkeypatch.setattr(PackWriter, "close", close)
-    monkeypatch.setattr(Tree, "commit_batch", commit_batch)
+    monkeypatch.setattr(Tree, "write_batch", write_batch)
     tree = Tree(store, 1)
     ino, _ = tree.create(ROOT_INODE, b"data.bin", stat.S_IFREG | 0o644, 0, 0)
     written = [os.urandom(16 * MiB) for _ in range(12)]

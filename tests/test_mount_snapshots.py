@@ -357,3 +357,41 @@ def test_files_left_open_and_nameless_by_a_killed_daemon_are_swept(workspace):
     finally:
         store.close()
     assert "deleted 1 files" in (workspace.store / "logs" / "main.log").read_text()
+
+
+def test_cell_snapshots_appear_whole_and_snap_opens_whole_at_once(workspace):
+    """A cell's (lazy) snapshot is answered before its record is written, and appears in the
+    store a moment later with all of its data; `cowfs snap` after a large write returns only
+    once its snapshot can be opened whole; numbers go on without a gap after a restart."""
+    from cowfs.cli.client import snapshot
+    from cowfs.fs.tree import Tree
+
+    mnt = workspace.mount()
+    big = os.urandom(96 << 20)  # more than one flush batch: several are in flight at the snap
+    (mnt / "big.bin").write_bytes(big)
+    cell = snapshot(mnt, "cell", lazy=True)
+    assert cell["durable"] is False
+    (mnt / "after-cell").write_text("x")
+    by_hand = snapshot(mnt, "by hand")  # as `cowfs snap` asks, without --wait
+    store = workspace.open_store()  # at once, as a `cowfs mount` of it would
+    try:
+        tree = Tree.at_snapshot(store, store.resolve_snapshot(by_hand["id"]))
+        ino, attrs = tree.resolve(b"big.bin")
+        assert attrs.size == len(big) and tree.read(ino, 0, len(big)) == big
+        assert tree.read(tree.resolve(b"after-cell")[0], 0, 10) == b"x"
+    finally:
+        store.close()
+    assert int(by_hand["id"].lstrip("@")) == int(cell["id"].lstrip("@")) + 1
+    listed = {entry["id"]: entry for entry in json.loads(workspace.cli("log", "--json").stdout)}
+    assert listed[cell["id"]]["label"] == "cell"
+
+    workspace.cli("umount", str(mnt))
+    workspace.mounts.remove(mnt)
+    mnt = workspace.mount()
+    (mnt / "again").write_text("y")
+    again = snapshot(mnt, "after a restart", lazy=True)
+    assert int(again["id"].lstrip("@")) == int(by_hand["id"].lstrip("@")) + 1, "unused numbers came back"
+    deadline = time.monotonic() + 10
+    while again["id"] not in {e["id"] for e in json.loads(workspace.cli("log", "--json").stdout)}:
+        assert time.monotonic() < deadline, "a lazy snapshot was never listed"
+        time.sleep(0.05)

@@ -142,7 +142,7 @@ class CellSnapshots:
             if save_vars:
                 self._snapshot_with_variables(root, label[:200], meta)
             else:
-                snapshot(root, label[:200], {**meta, "vars_from": self.last_after}, timeout=SNAPSHOT_TIMEOUT)
+                cell_snapshot(root, label[:200], {**meta, "vars_from": self.last_after})
         except (DaemonError, OSError) as exc:
             self._mount_cache = None  # perhaps unmounted and mounted again: look afresh next time
             self._warn(exc)
@@ -167,7 +167,7 @@ class CellSnapshots:
             plan, meta = None, {**meta, "vars_saved": False, "vars_error": f"{type(exc).__name__}: {exc}"[:300]}
         if plan is not None and (self.saver.in_flight or background_allowed(plan)):
             try:
-                record = snapshot(root, label, {**meta, "vars_pending": True}, timeout=SNAPSHOT_TIMEOUT)
+                record = cell_snapshot(root, label, {**meta, "vars_pending": True})
             except BaseException:
                 self._settle(root, session_dir)
                 self.saver.abandon()
@@ -185,7 +185,7 @@ class CellSnapshots:
                 if not os.path.ismount(root):
                     raise
                 meta = {**meta, "vars_saved": False, "vars_error": f"{type(exc).__name__}: {exc}"[:300]}
-        record = snapshot(root, label, meta, timeout=SNAPSHOT_TIMEOUT)
+        record = cell_snapshot(root, label, meta)
         self.last_after = record["id"]
         self._report_variables(meta)
 
@@ -230,13 +230,19 @@ def background_allowed(plan: Any) -> bool:
             and os.environ.get("COWFS_VARS_BACKGROUND", "1") != "0")
 
 
+def cell_snapshot(root: Path, label: str, meta: dict) -> dict:
+    """A cell waits for its snapshots: lazy ones never wait for the disk (the daemon lists them
+    with its next commit, a moment later)."""
+    return snapshot(root, label, meta, timeout=SNAPSHOT_TIMEOUT, lazy=True)
+
+
 def companion_snapshot(root: Path, after: str, session_dir: str):
     """What the forked child does once the variables are written (or could not be)."""
     def take(error: str | None) -> None:
         meta = {"kind": "vars", "for": after, "vars": session_dir, "vars_saved": error is None}
         if error is not None:
             meta["vars_error"] = error
-        snapshot(root, f"variables of {after}", meta, timeout=SNAPSHOT_TIMEOUT)
+        cell_snapshot(root, f"variables of {after}", meta)
 
     return take
 
