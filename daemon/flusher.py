@@ -121,7 +121,7 @@ class Flusher:
         and fail with its error (ENOSPC), so memory stays bounded and the writer hears it."""
         if self.tree.dirty_bytes >= DIRTY_FLUSH_BYTES:
             self.kick()
-        while sum(b.nbytes for b in self.tree.inflight) > INFLIGHT_LIMIT_BYTES:
+        while self.tree.inflight_bytes > INFLIGHT_LIMIT_BYTES:
             await self.wait_committed(self._committed + 1)
 
     async def rotate_pack(self) -> None:

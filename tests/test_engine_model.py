@@ -222,6 +222,14 @@ class WorkspaceModel(RuleBasedStateMachine):
         assert self._times(self.tree) == self.times
 
     @invariant()
+    def byte_counts_match_the_buffers(self) -> None:
+        """The flusher holds writers back by these counts, kept as writes go rather than summed."""
+        held = [sum(len(buf) for buf in batch.blocks.values() if buf is not None) for batch in self.tree.inflight]
+        assert [batch.nbytes for batch in self.tree.inflight] == held
+        assert self.tree.inflight_bytes == sum(held)
+        assert self.tree.dirty_bytes == sum(len(buf) for buf in self.tree.dirty_blocks.values() if buf is not None)
+
+    @invariant()
     def block_indexes_by_file_match_the_blocks(self) -> None:
         """Deletion and truncation find a file's dirty blocks by these indexes alone: a block
         missing from them would outlive its file and commit as garbage."""
