@@ -94,9 +94,9 @@ def snapshot(mountpoint: str | Path, label: str = "", meta: dict | None = None, 
              timeout: float = 120.0, lazy: bool = False) -> dict:
     """Take a snapshot of a mount: everything written before this call is in it.
 
-    ``lazy``: return before the record is written (the daemon writes it with its next commit,
-    a moment later), so the call never waits for the disk; `cowfs log` and `cowfs mount` may
-    not find the snapshot until then. Per-cell snapshots ask for this; `cowfs snap` does not."""
+    Without ``wait`` the daemon answers once the snapshot is listed, whole, in the store; with
+    ``lazy`` at once, before that: the call never waits for the disk, and `cowfs log` and
+    `cowfs mount` find the snapshot a moment later. Per-cell snapshots are lazy."""
     check_own_mount(mountpoint)
     sync_mount(mountpoint)
     return _send(mountpoint, {"op": "snapshot", "label": label, "meta": meta or {}, "wait": wait, "lazy": lazy},

@@ -41,9 +41,9 @@ from cowfs.fs.store import MAX_CHANGED_LISTED, ROOT_INODE, Store
 BLOCK_SIZE = 128 * 1024
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
 SNAPSHOT_IDS_AHEAD = 32  # numbers reserved ahead, so that taking a snapshot writes nothing
 T = TypeVar("T")
-RENAME_EXCHANGE = 2
 # As ext4 with 4 KiB blocks: a size beyond it is a mistake (truncate(2**62)), not a file.
 MAX_FILE_SIZE = 16 * 2**40
 BlockKey = tuple[int, int]

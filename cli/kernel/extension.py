@@ -231,8 +231,8 @@ def background_allowed(plan: Any) -> bool:
 
 
 def cell_snapshot(root: Path, label: str, meta: dict) -> dict:
-    """A cell waits for its snapshots: lazy ones never wait for the disk (the daemon lists them
-    with its next commit, a moment later)."""
+    """A cell waits for its snapshots, so they are lazy: they never wait for the disk, and the
+    daemon lists them a moment later, when their data is committed."""
     return snapshot(root, label, meta, timeout=SNAPSHOT_TIMEOUT, lazy=True)
 
 
