@@ -18,7 +18,6 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 
 from cowfs.fs.errors import FsError
 from cowfs.fs.history import is_durable
-
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, Tree
 
@@ -49,8 +48,8 @@ class WorkspaceModel(RuleBasedStateMachine):
         return tree
 
     def teardown(self) -> None:
-        """Every snapshot, lazy ones included, is listed once flushed, numbered in the order
-        taken, durable, and holds what the tree held when it was taken."""
+        """Every snapshot is listed once flushed (records travel with batches), numbered in
+        the order taken, durable, and holds what the tree held when it was taken."""
         self.tree.flush()
         ids = [record.id for record, _, _ in self.frozen]
         assert ids == sorted(set(ids)), f"snapshot numbers out of order or repeated: {ids}"
