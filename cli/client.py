@@ -8,7 +8,8 @@ import os
 import socket
 from pathlib import Path
 
-from cowfs.daemon.addresses import AddressError, MountEntry, cowfs_mount_of, find_control_socket, mounts
+from cowfs.daemon.addresses import (AddressError, MountEntry, cowfs_mount_of, cowfs_mounts, find_control_socket,
+                                    mounts)
 from cowfs.fs.store import default_store_path
 
 
@@ -95,12 +96,25 @@ def snapshot(mountpoint: str | Path, label: str = "", meta: dict | None = None, 
     """Take a snapshot of a mount: everything written before this call is in it.
 
     Without ``wait`` the daemon answers once the snapshot is listed, whole, in the store; with
-    ``lazy`` at once, before that: the call never waits for the disk, and `cowfs log` and
-    `cowfs mount` find the snapshot a moment later. Per-cell snapshots are lazy."""
+    ``lazy`` at once, before that: the call never waits for the disk, and the snapshot is
+    listed when its data is committed, or when a reader asks (``list_taken_snapshots``).
+    Per-cell snapshots are lazy."""
     check_own_mount(mountpoint)
     sync_mount(mountpoint)
     return _send(mountpoint, {"op": "snapshot", "label": label, "meta": meta or {}, "wait": wait, "lazy": lazy},
                  timeout=timeout)["snapshot"]
+
+
+def list_taken_snapshots(store: Path) -> None:
+    """Have our daemons of ``store`` list the snapshots they have taken: a cell's snapshots are
+    listed only once their data is committed, a moment after the cell. A command that reads
+    the store asks first, so it sees every snapshot taken before it started."""
+    for entry in cowfs_mounts():
+        if entry.owner in (None, os.getuid()):
+            try:
+                _send(entry.mountpoint, {"op": "list", "store": str(store)}, timeout=60)
+            except DaemonError:
+                continue  # a stale mount or a stopped daemon: it has nothing in memory
 
 
 def resolve_store_path(explicit: str | None) -> Path:

@@ -2,7 +2,8 @@
 
 Requests: ``{"op": "snapshot", "label": str, "meta": {...}, "wait": bool, "lazy": bool}``,
 ``{"op": "status"}``,
-``{"op": "flush"}``, ``{"op": "rotate"}`` (finish the current pack so gc may rewrite it),
+``{"op": "flush"}``, ``{"op": "list", "store": str}`` (list the snapshots taken, when the daemon
+serves that store), ``{"op": "rotate"}`` (finish the current pack so gc may rewrite it),
 ``{"op": "stop"}``. Every reply is one line ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "what happened and what to do"}``. The socket is 0600 in a 0700
 directory, and a peer of another uid is refused before its request is read.

@@ -63,13 +63,20 @@ class Daemon:
         if op == "flush":
             await self.flusher.flush(durable=True)
             return {"ok": True}
+        if op == "list":
+            # A reader of the store (`cowfs log`...) asks first, to see every snapshot taken
+            # so far: lazy ones are listed only when their batch commits.
+            asked = request.get("store")
+            if asked is None or os.path.realpath(str(asked)) == os.path.realpath(self.store.path):
+                await self.flusher.wait_listed(self.flusher.kick())
+            return {"ok": True}
         if op == "rotate":
             await self.flusher.rotate_pack()
             return {"ok": True}
         if op == "stop":
             self.stop_requested.set()
             return {"ok": True, "pid": os.getpid()}
-        raise RequestError(f"unknown op {op!r}; this daemon knows snapshot, status, flush, rotate and stop")
+        raise RequestError(f"unknown op {op!r}; this daemon knows snapshot, status, flush, list, rotate and stop")
 
     async def push_kernel_pages(self) -> None:
         """With the writeback cache, returned writes may still sit in the kernel: fetch them.

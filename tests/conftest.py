@@ -73,6 +73,10 @@ class Workspace:
         return request(mountpoint, {"op": "status"})["pid"]
 
     def open_store(self) -> Store:
+        """As a command opens it: after our daemons listed the snapshots they took."""
+        from cowfs.cli.client import list_taken_snapshots
+
+        list_taken_snapshots(self.store)
         return Store.open(self.store, readonly=True)
 
     def unmount_all(self) -> None:

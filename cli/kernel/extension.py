@@ -24,7 +24,7 @@ from typing import Any
 
 import blake3
 
-from cowfs.cli.client import DaemonError, mount_for, resolve_store_path, snapshot
+from cowfs.cli.client import DaemonError, list_taken_snapshots, mount_for, resolve_store_path, snapshot
 from cowfs.cli.kernel.namespace import install as track_namespace
 from cowfs.cli.kernel.restore import RestoreError, load_namespace
 from cowfs.cli.kernel.saver import NamespaceSaver
@@ -251,7 +251,9 @@ def restore(shell: Any, ref: str, names: list[str] | None = None, trust: bool = 
     """``%cowfs restore <snap> [--trust] [names]``: the variables as they were at that snapshot
     (only ``names`` and what shares objects with them, when given)."""
     try:
-        store = Store.open(resolve_store_path(os.environ.get("COWFS_STORE")), readonly=True)
+        path = resolve_store_path(os.environ.get("COWFS_STORE"))
+        list_taken_snapshots(path)
+        store = Store.open(path, readonly=True)
         try:
             record = store.resolve_snapshot(ref)
             values, problems = load_namespace(store, record, names, trust)
