@@ -61,6 +61,7 @@ class Flusher:
         self.tree = tree
         self._send, self._receive = trio.open_memory_channel[Batch](math.inf)
         self._taken = 0  # batches handed to the worker
+        self._taken_with_records = 0  # the last of them that lists snapshots
         self._listed = 0  # batches committed to the index, in order (their snapshots listed)
         self._committed = 0  # batches committed and, where they list snapshots, synced
         self._changed = trio.Event()
@@ -75,6 +76,8 @@ class Flusher:
     def submit(self, batch: Batch) -> int:
         """Queue a batch already taken from the tree; returns its sequence number."""
         self._taken += 1
+        if batch.records:
+            self._taken_with_records = self._taken
         self._send.send_nowait(batch)
         return self._taken
 
@@ -98,6 +101,13 @@ class Flusher:
     async def wait_listed(self, sequence: int) -> None:
         """Wait until a batch is in the index: the snapshots it carries are listed, not yet synced."""
         await self._wait_for(lambda: self._listed >= sequence)
+
+    async def list_taken_snapshots(self) -> None:
+        """Every snapshot taken so far is listed once this returns. Only a snapshot not yet in
+        a batch starts one; data written since the last snapshot is not waited for."""
+        if self.tree.unlisted:
+            self.kick()
+        await self.wait_listed(self._taken_with_records)
 
     async def _wait_for(self, reached) -> None:
         failures_at_start = self._failures

@@ -68,7 +68,7 @@ class Daemon:
             # so far: lazy ones are listed only when their batch commits.
             asked = request.get("store")
             if asked is None or os.path.realpath(str(asked)) == os.path.realpath(self.store.path):
-                await self.flusher.wait_listed(self.flusher.kick())
+                await self.flusher.list_taken_snapshots()
             return {"ok": True}
         if op == "rotate":
             await self.flusher.rotate_pack()
