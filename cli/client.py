@@ -43,9 +43,9 @@ def check_own_mount(mountpoint: str | Path) -> None:
         raise DaemonError(foreign_mount_message(mountpoint, owner))
 
 
-def _send(mountpoint: str | Path, payload: dict, timeout: float) -> dict:
+def _send(mountpoint: str | Path, payload: dict, timeout: float, resolved: bool = False) -> dict:
     try:
-        path = find_control_socket(mountpoint)
+        path = find_control_socket(mountpoint, resolved)
     except AddressError as exc:
         raise DaemonError(str(exc)) from None
     try:
@@ -108,11 +108,12 @@ def snapshot(mountpoint: str | Path, label: str = "", meta: dict | None = None, 
 def list_taken_snapshots(store: Path) -> None:
     """Have our daemons of ``store`` list the snapshots they have taken: a cell's snapshots are
     listed only once their data is committed, a moment after the cell. A command that reads
-    the store asks first, so it sees every snapshot taken before it started."""
+    the store asks first, so it sees every snapshot taken before it started. Mounts are named
+    as the mount table gives them, so none is looked at: a hung one costs the socket's timeout."""
     for entry in cowfs_mounts():
         if entry.owner in (None, os.getuid()):
             try:
-                _send(entry.mountpoint, {"op": "list", "store": str(store)}, timeout=60)
+                _send(entry.mountpoint, {"op": "list", "store": str(store)}, timeout=10, resolved=True)
             except DaemonError:
                 continue  # a stale mount or a stopped daemon: it has nothing in memory
 

@@ -67,23 +67,27 @@ def runtime_dir() -> Path:
                        + "; remove the ones you own, or set XDG_RUNTIME_DIR to a directory of yours")
 
 
-def control_socket_path(mountpoint: str | Path) -> Path:
+def control_socket_path(mountpoint: str | Path, resolved: bool = False) -> Path:
     """Where the daemon of ``mountpoint`` listens (for the daemon: in the first usable place)."""
-    return runtime_dir() / _socket_name(mountpoint)
+    return runtime_dir() / _socket_name(mountpoint, resolved)
 
 
-def find_control_socket(mountpoint: str | Path) -> Path:
+def find_control_socket(mountpoint: str | Path, resolved: bool = False) -> Path:
     """Where the daemon of ``mountpoint`` listens (for a client): a daemon started while the
-    first choice was unusable listens further down the list, so look in every private one."""
-    name = _socket_name(mountpoint)
+    first choice was unusable listens further down the list, so look in every private one.
+
+    ``resolved``: the path is already canonical (as the mount table gives it), so it is not
+    resolved again; resolving looks at the mount itself, which waits while its daemon hangs."""
+    name = _socket_name(mountpoint, resolved)
     for path in runtime_candidates():
         if _private(path, create=False) is None and (path / name).exists():
             return path / name
-    return control_socket_path(mountpoint)
+    return control_socket_path(mountpoint, resolved)
 
 
-def _socket_name(mountpoint: str | Path) -> str:
-    return blake3.blake3(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:24] + ".sock"
+def _socket_name(mountpoint: str | Path, resolved: bool = False) -> str:
+    canonical = os.fspath(mountpoint) if resolved else os.path.realpath(mountpoint)
+    return blake3.blake3(os.fsencode(canonical)).hexdigest()[:24] + ".sock"
 
 
 @dataclass(frozen=True)
