@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cowfs.daemon.addresses import (AddressError, MountEntry, cowfs_mount_of, cowfs_mounts, find_control_socket,
                                     mounts)
-from cowfs.fs.store import default_store_path
+from cowfs.fs.store import Store, default_store_path
 
 
 class DaemonError(Exception):
@@ -116,6 +116,12 @@ def list_taken_snapshots(store: Path) -> None:
                 _send(entry.mountpoint, {"op": "list", "store": str(store)}, timeout=10, resolved=True)
             except DaemonError:
                 continue  # a stale mount or a stopped daemon: it has nothing in memory
+
+
+def open_store(path: Path, readonly: bool = False) -> Store:
+    """The store as a command should read it: after our daemons listed what they have taken."""
+    list_taken_snapshots(path)
+    return Store.open(path, readonly=readonly)
 
 
 def resolve_store_path(explicit: str | None) -> Path:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cowfs.cli import launcher
-from cowfs.cli.client import DaemonError, list_taken_snapshots, mount_for, request, resolve_store_path
+from cowfs.cli.client import DaemonError, mount_for, open_store, request, resolve_store_path
 from cowfs.cli.client import snapshot as take_snapshot
 from cowfs.cli.output import emit_json, human_size, human_time, progress_on_terminal, table
 from cowfs.daemon.addresses import cowfs_mounts
@@ -43,9 +43,7 @@ class Context:
     def open_store(self, readonly: bool = False) -> Store:
         from cowfs.fs.remote.lazy import install_fetcher
 
-        path = self.store_path
-        list_taken_snapshots(path)
-        store = Store.open(path, readonly=readonly)
+        store = open_store(self.store_path, readonly=readonly)
         install_fetcher(store)  # files of lazily pulled snapshots read like any other
         return store
 

@@ -74,10 +74,9 @@ class Workspace:
 
     def open_store(self) -> Store:
         """As a command opens it: after our daemons listed the snapshots they took."""
-        from cowfs.cli.client import list_taken_snapshots
+        from cowfs.cli.client import open_store
 
-        list_taken_snapshots(self.store)
-        return Store.open(self.store, readonly=True)
+        return open_store(self.store, readonly=True)
 
     def unmount_all(self) -> None:
         """Unmount everything this workspace mounted, by force where a clean unmount fails."""

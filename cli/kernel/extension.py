@@ -24,14 +24,13 @@ from typing import Any
 
 import blake3
 
-from cowfs.cli.client import DaemonError, list_taken_snapshots, mount_for, resolve_store_path, snapshot
+from cowfs.cli.client import DaemonError, mount_for, open_store, resolve_store_path, snapshot
 from cowfs.cli.kernel.namespace import install as track_namespace
 from cowfs.cli.kernel.restore import RestoreError, load_namespace
 from cowfs.cli.kernel.saver import NamespaceSaver
 from cowfs.cli.kernel.vars_format import RESTORE_ON_START
 from cowfs.daemon.addresses import MountEntry
 from cowfs.fs.errors import StoreError
-from cowfs.fs.store import Store
 
 SNAPSHOT_TIMEOUT = 30.0
 BACKGROUND_MIN_BYTES = 32 << 20  # below this, hashing on the cell's path costs under ~5 ms
@@ -251,9 +250,7 @@ def restore(shell: Any, ref: str, names: list[str] | None = None, trust: bool = 
     """``%cowfs restore <snap> [--trust] [names]``: the variables as they were at that snapshot
     (only ``names`` and what shares objects with them, when given)."""
     try:
-        path = resolve_store_path(os.environ.get("COWFS_STORE"))
-        list_taken_snapshots(path)
-        store = Store.open(path, readonly=True)
+        store = open_store(resolve_store_path(os.environ.get("COWFS_STORE")), readonly=True)
         try:
             record = store.resolve_snapshot(ref)
             values, problems = load_namespace(store, record, names, trust)
