@@ -35,6 +35,7 @@ from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
 from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
 from cowfs.fs.listing import DirListing
+from cowfs.fs.recall import Recall
 from cowfs.fs.records import ChunkLocation, InodeAttrs, SnapshotRecord
 from cowfs.fs.store import MAX_CHANGED_LISTED, ROOT_INODE, Store
 
@@ -158,6 +159,9 @@ class Tree:
         self.unlisted: list[SnapshotRecord] = []  # taken since the last batch was (Batch.records)
         self._writing = threading.Lock()  # held by a write transaction of this tree (_write)
         self.changed_since_snapshot = True  # unknown after a restart, so assume changed
+        # Committed records read lately (fs/recall.py says why they cannot go stale).
+        self._recalled_attrs: Recall[int, InodeAttrs | None] = Recall()
+        self._recalled_entries: Recall[tuple[int, bytes], int | None] = Recall()
         self.changed_inodes: set[int] = set()  # inodes changed since the last snapshot ("blame")
         self.last_snapshot: SnapshotRecord | None = None
         self._db_inodes = store.index.db(DB_INODES)
@@ -187,10 +191,15 @@ class Tree:
                 return batch.attrs[ino]
         return UNKNOWN
 
-    def _attrs(self, txn: lmdb.Transaction, ino: int) -> InodeAttrs:
+    def _known_attrs(self, ino: int) -> InodeAttrs | None | _Unknown:
+        """What memory says of an inode: its uncommitted change, else its recalled record."""
         attrs = self._pending_attrs(ino)
+        return self._recalled_attrs.get(ino, UNKNOWN) if attrs is UNKNOWN else attrs
+
+    def _attrs(self, txn: lmdb.Transaction, ino: int) -> InodeAttrs:
+        attrs = self._known_attrs(ino)
         if attrs is UNKNOWN:
-            attrs = self._stored_attrs(txn, ino)
+            attrs = self._recalled_attrs.remember(ino, self._stored_attrs(txn, ino))
         if attrs is None:
             raise FsError(errno.ENOENT)
         return attrs
@@ -200,11 +209,13 @@ class Tree:
         self.dirty_attrs[ino] = attrs
 
     def getattr(self, ino: int) -> InodeAttrs:
-        attrs = self.dirty_attrs.get(ino)
-        if attrs is not None:
-            return attrs
-        with self.store.index.reading() as txn:
-            return self._attrs(txn, ino)
+        attrs = self._known_attrs(ino)
+        if attrs is UNKNOWN:
+            with self.store.index.reading() as txn:
+                return self._attrs(txn, ino)
+        if attrs is None:
+            raise FsError(errno.ENOENT)
+        return attrs
 
     def stored_blocks(self, ino: int) -> int:
         """How many of a file's blocks hold data (holes, all-zero blocks included, do not): what
@@ -290,8 +301,11 @@ class Tree:
         for layer in reversed(self._entry_layers(parent)):
             if name in layer:
                 return layer[name]
-        raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
-        return U64.unpack(raw)[0] if raw is not None else None
+        ino = self._recalled_entries.get((parent, name), UNKNOWN)
+        if ino is UNKNOWN:
+            raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
+            ino = self._recalled_entries.remember((parent, name), U64.unpack(raw)[0] if raw is not None else None)
+        return ino
 
     def _pending_entries(self, parent: int) -> dict[bytes, int | None]:
         pending: dict[bytes, int | None] = {}
@@ -840,6 +854,11 @@ class Tree:
         batch in the index."""
         self.inflight.pop(0)
         self.inflight_bytes -= batch.nbytes
+        for ino in batch.attrs:  # the index now holds newer records than any recalled
+            self._recalled_attrs.forget(ino)
+        for parent, names in batch.entries.items():
+            for name in names:
+                self._recalled_entries.forget((parent, name))
         if batch.snapshot_id is not None:
             self._snapshot_at_epoch.pop(batch.epoch, None)
 

@@ -16,10 +16,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
+from cowfs.fs import versions
 from cowfs.fs.errors import FsError
 from cowfs.fs.history import is_durable
+from cowfs.fs.keys import U64, entry_name
 from cowfs.fs.store import ROOT_INODE, Store
-from cowfs.fs.tree import BLOCK_SIZE, Tree
+from cowfs.fs.tree import BLOCK_SIZE, UNKNOWN, Tree
 
 NAMES = st.sampled_from([b"a", b"b", b"c", b"d.csv", b"model.pkl"])
 SUBDIR = b"sub"
@@ -227,6 +229,20 @@ class WorkspaceModel(RuleBasedStateMachine):
         assert [batch.nbytes for batch in self.tree.inflight] == held
         assert self.tree.inflight_bytes == sum(held)
         assert self.tree.dirty_bytes == sum(len(buf) for buf in self.tree.dirty_blocks.values() if buf is not None)
+
+    @invariant()
+    def recalled_records_match_the_index(self) -> None:
+        """Reads answered from memory (fs/recall.py) see what the index holds: a record an
+        in-memory layer does not shadow is the committed one, however many batches went by."""
+        tree = self.tree
+        with self.store.index.reading() as txn:
+            for ino, attrs in tree._recalled_attrs.items():
+                if tree._pending_attrs(ino) is UNKNOWN:
+                    assert attrs == tree._stored_attrs(txn, ino), f"inode {ino} recalled stale"
+            for (parent, name), ino in tree._recalled_entries.items():
+                if not any(name in layer for layer in tree._entry_layers(parent)):
+                    raw = versions.get(txn, tree._db_dirents, tree.view, parent, entry_name(name))
+                    assert ino == (U64.unpack(raw)[0] if raw is not None else None), f"entry {name!r} recalled stale"
 
     @invariant()
     def block_indexes_by_file_match_the_blocks(self) -> None:
