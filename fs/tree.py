@@ -297,11 +297,15 @@ class Tree:
             layers.append(self.dirty_entries[parent])
         return layers
 
-    def _entry(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+    def _known_entry(self, parent: int, name: bytes) -> int | None | _Unknown:
+        """What memory says of a name: its uncommitted change, else its recalled record."""
         for layer in reversed(self._entry_layers(parent)):
             if name in layer:
                 return layer[name]
-        ino = self._recalled_entries.get((parent, name), UNKNOWN)
+        return self._recalled_entries.get((parent, name), UNKNOWN)
+
+    def _entry(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+        ino = self._known_entry(parent, name)
         if ino is UNKNOWN:
             raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
             ino = self._recalled_entries.remember((parent, name), U64.unpack(raw)[0] if raw is not None else None)
@@ -348,6 +352,11 @@ class Tree:
         return attrs
 
     def lookup(self, parent: int, name: bytes) -> tuple[int, InodeAttrs]:
+        ino = self._known_entry(parent, name)
+        if isinstance(ino, int):  # the common case, answered without a read transaction
+            attrs = self._known_attrs(ino)
+            if isinstance(attrs, InodeAttrs):
+                return ino, attrs
         with self.store.index.reading() as txn:
             ino = self._entry(txn, parent, name)
             if ino is None:
