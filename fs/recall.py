@@ -20,7 +20,7 @@ from typing import Generic, Hashable, TypeVar
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-RECALL_LIMIT = 1 << 17  # records per table: ~30 MiB of attributes at most
+RECALL_LIMIT = 1 << 16  # records per table: at most ~24 MiB of attributes and ~13 MiB of entries
 
 
 class Recall(Generic[K, V]):
