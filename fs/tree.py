@@ -196,8 +196,10 @@ class Tree:
         attrs = self._pending_attrs(ino)
         return self._recalled_attrs.get(ino, UNKNOWN) if attrs is UNKNOWN else attrs
 
-    def _attrs(self, txn: lmdb.Transaction, ino: int) -> InodeAttrs:
-        attrs = self._known_attrs(ino)
+    def _attrs(self, txn: lmdb.Transaction, ino: int,
+               known: InodeAttrs | None | _Unknown = UNKNOWN) -> InodeAttrs:
+        """An inode's attributes, or ENOENT; ``known`` is what memory said, if already asked."""
+        attrs = self._known_attrs(ino) if known is UNKNOWN else known
         if attrs is UNKNOWN:
             attrs = self._recalled_attrs.remember(ino, self._stored_attrs(txn, ino))
         if attrs is None:
@@ -210,12 +212,10 @@ class Tree:
 
     def getattr(self, ino: int) -> InodeAttrs:
         attrs = self._known_attrs(ino)
-        if attrs is UNKNOWN:
-            with self.store.index.reading() as txn:
-                return self._attrs(txn, ino)
-        if attrs is None:
-            raise FsError(errno.ENOENT)
-        return attrs
+        if isinstance(attrs, InodeAttrs):  # the common case, answered without a read transaction
+            return attrs
+        with self.store.index.reading() as txn:
+            return self._attrs(txn, ino, attrs)
 
     def stored_blocks(self, ino: int) -> int:
         """How many of a file's blocks hold data (holes, all-zero blocks included, do not): what
@@ -304,8 +304,10 @@ class Tree:
                 return layer[name]
         return self._recalled_entries.get((parent, name), UNKNOWN)
 
-    def _entry(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
-        ino = self._known_entry(parent, name)
+    def _entry(self, txn: lmdb.Transaction, parent: int, name: bytes,
+               known: int | None | _Unknown = UNKNOWN) -> int | None:
+        """The inode a name holds, or None; ``known`` is what memory said, if already asked."""
+        ino = self._known_entry(parent, name) if known is UNKNOWN else known
         if ino is UNKNOWN:
             raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
             ino = self._recalled_entries.remember((parent, name), U64.unpack(raw)[0] if raw is not None else None)
@@ -353,17 +355,16 @@ class Tree:
 
     def lookup(self, parent: int, name: bytes) -> tuple[int, InodeAttrs]:
         ino = self._known_entry(parent, name)
-        if isinstance(ino, int):  # the common case, answered without a read transaction
-            attrs = self._known_attrs(ino)
-            if isinstance(attrs, InodeAttrs):
-                return ino, attrs
+        attrs = self._known_attrs(ino) if isinstance(ino, int) else UNKNOWN
+        if isinstance(attrs, InodeAttrs):  # the common case, answered without a read transaction
+            return ino, attrs
         with self.store.index.reading() as txn:
-            ino = self._entry(txn, parent, name)
+            ino = self._entry(txn, parent, name, ino)
             if ino is None:
                 self._dir_attrs(txn, parent)  # ENOTDIR or ENOENT for the parent itself first
                 raise FsError(errno.ENOENT)
             # Only a live directory holds entries: finding one proves what _dir_attrs would.
-            return ino, self._attrs(txn, ino)
+            return ino, self._attrs(txn, ino, attrs)
 
     def listdir(self, ino: int) -> list[tuple[bytes, int]]:
         with self.store.index.reading() as txn:
