@@ -56,21 +56,23 @@ def after_gaps(call: Callable[[], object], calls: int, gap_us: int,
     return taken[len(taken) // 2] / 1000, taken[int(len(taken) * 0.9)] / 1000
 
 
-def isatty_probe(directory: Path, calls: int, gaps: list[int]) -> dict[str, tuple[float, float]]:
+def isatty_probe(directory: Path, calls: int, gap: int) -> tuple[float, float]:
     path = directory / "probe"
     path.write_bytes(b"x")
     fd = os.open(path, os.O_RDONLY)
     try:
-        return {f"isatty, {gap} µs gap": after_gaps(lambda: os.isatty(fd), calls, gap) for gap in gaps}
+        return after_gaps(lambda: os.isatty(fd), calls, gap)
     finally:
         os.close(fd)
 
 
-def stat_after_close_probe(directory: Path, calls: int, gaps: list[int]) -> dict[str, tuple[float, float]]:
+def stat_after_close_probe(directory: Path, calls: int, gap: int) -> tuple[float, float]:
     path = directory / "probe"
-    return {f"stat after close, {gap} µs gap": after_gaps(lambda: os.stat(path), calls, gap,
-                                                         before=lambda: os.close(os.open(path, os.O_RDONLY)))
-            for gap in gaps}
+    path.write_bytes(b"x")
+    return after_gaps(lambda: os.stat(path), calls, gap, before=lambda: os.close(os.open(path, os.O_RDONLY)))
+
+
+PROBES = {"isatty": isatty_probe, "stat after close": stat_after_close_probe}
 
 
 class PipeFloor:
@@ -101,12 +103,8 @@ class PipeFloor:
         os.close(self.from_child)
 
 
-def fmt(figure: tuple[float, float] | None) -> str:
-    return "" if figure is None else f"{figure[0]:,.1f} [{figure[1]:,.1f}]"
-
-
-def ratio(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
-    return "" if a is None or b is None or not b[0] else f"{a[0] / b[0]:.2f}"
+def fmt(figure: tuple[float, float]) -> str:
+    return f"{figure[0]:,.1f} [{figure[1]:,.1f}]"
 
 
 def main() -> int:
@@ -115,7 +113,8 @@ def main() -> int:
     parser.add_argument("--gaps", default="0,100,1000", help="busy µs before each call, comma-separated")
     args = parser.parse_args()
     gaps = [int(g) for g in args.gaps.split(",")]
-    results: dict[str, dict[str, tuple[float, float]]] = {kind: {} for kind in TARGETS}
+    calls = {"isatty": args.calls, "stat after close": args.calls // 4}  # each stat also opens and closes
+    results: dict[tuple[str, int, str], tuple[float, float]] = {}  # (probe, gap, target): median, p90
     floor: dict[int, tuple[float, float]] = {}
     # All three mounted at once and measured gap by gap, the floor in between: the machine's
     # wake-up cost drifts over minutes, and a row should compare one moment.
@@ -126,22 +125,19 @@ def main() -> int:
         mounted.callback(pipe.close)
         for gap in gaps:
             for kind, mnt in mounts.items():
-                results[kind].update(isatty_probe(mnt, args.calls, [gap]))
-                results[kind].update(stat_after_close_probe(mnt, args.calls // 4, [gap]))
+                for probe, measure in PROBES.items():
+                    results[probe, gap, kind] = measure(mnt, calls[probe], gap)
             floor[gap] = after_gaps(pipe.ping, args.calls, gap)
-    print(f"Round trips: {args.calls} isatty calls and {args.calls // 4} stat-after-close calls per row, "
-          f"each after a busy gap in the caller; µs, median [p90]. The floor: two processes "
+    print(f"Round trips: {calls['isatty']} isatty calls and {calls['stat after close']} stat-after-close calls "
+          f"per row, each after a busy gap in the caller; µs, median [p90]. The floor: two processes "
           f"waking each other over a pipe after the same gap, measured between the others.\n")
     print("| call | native | passthrough | cowfs | pipe floor | cowfs/passthrough | cowfs/floor |")
     print("|---|---|---|---|---|---|---|")
-    def gap_of(row: str) -> int:
-        return int(row.rsplit(", ", 1)[1].split()[0])
-
-    for row in sorted(results["cowfs"], key=lambda row: (not row.startswith("isatty"), gap_of(row))):
-        gap = gap_of(row)
-        figures = [results[kind][row] for kind in TARGETS]
-        print(f"| {row} | {' | '.join(fmt(f) for f in figures)} | {fmt(floor[gap])} | "
-              f"{ratio(figures[2], figures[1])} | {ratio(figures[2], floor[gap])} |")
+    for probe in PROBES:
+        for gap in gaps:
+            native, passthrough, cowfs = (results[probe, gap, kind] for kind in TARGETS)
+            print(f"| {probe}, {gap} µs gap | {fmt(native)} | {fmt(passthrough)} | {fmt(cowfs)} | {fmt(floor[gap])} "
+                  f"| {cowfs[0] / passthrough[0]:.2f} | {cowfs[0] / floor[gap][0]:.2f} |")
     return 0
 
 
