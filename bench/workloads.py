@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from run import TARGETS, drop_caches, fmt, source_tree, target, timed  # noqa: E402
+from run import TARGETS, drop_caches, fmt, in_turn, source_tree, target, timed  # noqa: E402
 
 IMPORTS = "import pandas, sklearn.ensemble, scipy.stats"
 GIT = ["git", "-c", "user.email=b@e", "-c", "user.name=b", "-c", "advice.detachedHead=false"]
@@ -133,7 +133,7 @@ def main() -> int:
         wheels = prepare_wheels(scratch, packages) if "python" in only else None
         repo = prepare_repository(scratch, args.repo_files) if "git" in only else None
         for rep in range(args.reps):
-            for kind in TARGETS:  # interleaved: drift in the machine hits every target alike
+            for kind in in_turn(rep):  # interleaved: drift in the machine hits every target alike
                 with target(kind, scratch) as mnt:
                     figures: dict[str, float] = {}
                     if wheels:
