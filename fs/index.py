@@ -91,7 +91,7 @@ class Index:
     def db(self, name: bytes):
         return self.dbs[name]
 
-    def reading(self) -> "Reading":
+    def reading(self) -> Reading:
         return Reading(self.env)
 
     def write(self, change: Callable[[lmdb.Transaction], T]) -> T:

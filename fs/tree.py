@@ -183,6 +183,10 @@ class Tree:
         raw = versions.get(txn, self._db_inodes, self.view, ino, b"")
         return InodeAttrs.decode(raw) if raw is not None else None
 
+    def _stored_entry(self, txn: lmdb.Transaction, parent: int, name: bytes) -> int | None:
+        raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
+        return U64.unpack(raw)[0] if raw is not None else None
+
     def _pending_attrs(self, ino: int) -> InodeAttrs | None | _Unknown:
         if ino in self.dirty_attrs:
             return self.dirty_attrs[ino]
@@ -309,8 +313,7 @@ class Tree:
         """The inode a name holds, or None; ``known`` is what memory said, if already asked."""
         ino = self._known_entry(parent, name) if known is UNKNOWN else known
         if ino is UNKNOWN:
-            raw = versions.get(txn, self._db_dirents, self.view, parent, entry_name(name))
-            ino = self._recalled_entries.remember((parent, name), U64.unpack(raw)[0] if raw is not None else None)
+            ino = self._recalled_entries.remember((parent, name), self._stored_entry(txn, parent, name))
         return ino
 
     def _pending_entries(self, parent: int) -> dict[bytes, int | None]:

@@ -16,10 +16,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
-from cowfs.fs import versions
 from cowfs.fs.errors import FsError
 from cowfs.fs.history import is_durable
-from cowfs.fs.keys import U64, entry_name
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, UNKNOWN, Tree
 
@@ -241,8 +239,7 @@ class WorkspaceModel(RuleBasedStateMachine):
                     assert attrs == tree._stored_attrs(txn, ino), f"inode {ino} recalled stale"
             for (parent, name), ino in tree._recalled_entries.items():
                 if not any(name in layer for layer in tree._entry_layers(parent)):
-                    raw = versions.get(txn, tree._db_dirents, tree.view, parent, entry_name(name))
-                    assert ino == (U64.unpack(raw)[0] if raw is not None else None), f"entry {name!r} recalled stale"
+                    assert ino == tree._stored_entry(txn, parent, name), f"entry {name!r} recalled stale"
 
     @invariant()
     def block_indexes_by_file_match_the_blocks(self) -> None:
