@@ -26,18 +26,24 @@ INFLIGHT_LIMIT_BYTES = 256 << 20  # writers wait while this much is being flushe
 SEAL_SPLIT_MIN_BLOCKS = 8
 
 
-async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
+# Data waiting behind a batch, above which the batch is stored raw and compressed later when
+# the daemon is idle (fs/recompress.py): on two cores zstd would otherwise set the write speed.
+BEHIND_BYTES = 16 << 20
+WAITED_FOR_BYTES = 4 << 20  # a batch someone waits for (fsync, a throttled writer) above this size
+
+
+async def seal_in_threads(store: Store, batch: Batch, compress: bool = True) -> SealedBlocks:
     """Seal a batch in two worker threads: blake3, zstd and the pack writes all release the GIL."""
     store.ensure_pack_writer()
     items = list(batch.blocks.items())
     if len(items) < SEAL_SPLIT_MIN_BLOCKS:
-        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
+        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks, compress)
     else:
         half = math.ceil(len(items) / 2)
         parts: list[SealedBlocks] = []
 
         async def seal_part(part: list) -> None:
-            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part)))
+            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part), compress))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(seal_part, items[:half])
@@ -70,6 +76,7 @@ class Flusher:
         self._rotate_requested = False
         self._committed_since_trim = False  # freed block buffers the heap may still hold
         self._pack_io = trio.Lock()  # held while threads append to or fsync this daemon's pack
+        self._waiters = 0  # tasks waiting for a commit (fsync, throttled writers, snapshots)
         self.failure: BaseException | None = None
 
     # -- handing work over ---------------------------------------------------------------------
@@ -113,10 +120,14 @@ class Flusher:
         failures_at_start = self._failures
         if self.failure is not None:
             self._retry_now.set()
-        while not reached():
-            await self._changed.wait()
-            if self._failures > failures_at_start:
-                raise self._failure_error()
+        self._waiters += 1
+        try:
+            while not reached():
+                await self._changed.wait()
+                if self._failures > failures_at_start:
+                    raise self._failure_error()
+        finally:
+            self._waiters -= 1
 
     async def flush(self, durable: bool) -> None:
         """Everything written so far is in the store (and on disk when ``durable``)."""
@@ -174,11 +185,34 @@ class Flusher:
 
     async def _sync_store(self) -> None:
         """fsync packs, then the index, in a thread; the pack is not closed meanwhile."""
+        await self.in_pack_thread(self.tree.store.sync)
+
+    def _store_raw(self, batch: Batch) -> bool:
+        """Whether to store a batch raw (and compress it when idle): more data already waits
+        behind it, or someone waits for a large one. Never after a failure: a disk that filled up
+        gets the smaller, compressed form when the commit is tried again."""
+        if self.failure is not None:
+            return False
+        return (self._receive.statistics().current_buffer_used > 0
+                or self.tree.dirty_bytes >= BEHIND_BYTES
+                or (self._waiters > 0 and batch.nbytes >= WAITED_FOR_BYTES))
+
+    async def in_pack_thread(self, action, *args):
+        """Run ``action`` in a worker thread while no batch appends to or rotates the pack."""
         async with self._pack_io:
-            await trio.to_thread.run_sync(self.tree.store.sync)
+            return await trio.to_thread.run_sync(action, *args)
+
+    @property
+    def busy(self) -> bool:
+        """Data is waiting to be flushed or being flushed."""
+        return self.tree.has_dirty or bool(self.tree.inflight)
+
+    @property
+    def batches_taken(self) -> int:
+        return self._taken
 
     async def _commit(self, batch: Batch) -> None:
-        sealed = await seal_in_threads(self.tree.store, batch)
+        sealed = await seal_in_threads(self.tree.store, batch, compress=not self._store_raw(batch))
         await trio.to_thread.run_sync(self.tree.write_batch, batch, sealed)
         self.tree.batch_committed(batch)
 

@@ -69,14 +69,17 @@ def seal(data: Payload, digest: bytes | None = None) -> SealedChunk:
     return _kept(digest, data, compressor.compress(data))
 
 
-def seal_many(blocks: list[tuple[bytes, Payload]], threads: int = 1) -> list[SealedChunk]:
+def seal_many(blocks: list[tuple[bytes, Payload]], threads: int = 1, compress: bool = True) -> list[SealedChunk]:
     """Compress many hashed blocks (digest, data) in a few calls, each with the GIL released
     throughout (``threads`` > 1 adds zstd's own threads; the flusher already runs two callers).
+    Without ``compress`` every block is kept raw, to be compressed later (fs/recompress.py).
 
     Why not ``seal`` in a loop: every call hands the GIL back and forth, and beside a busy FUSE
     thread each hand-back waits for the switch interval; sealing 64 MiB that way took 0.2-1.0 s
     instead of 0.03 s. Here a whole batch costs two calls: the 4 KiB samples, then the blocks
     that are not noise. Frames are views of zstd's output, not copies."""
+    if not compress:
+        return [_kept(digest, data, None) for digest, data in blocks]
     if len(blocks) < 4:
         return [seal(data, digest) for digest, data in blocks]
     compressor = _codec()[0]

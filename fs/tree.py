@@ -76,19 +76,22 @@ class SealedBlocks:
 
     chunks: dict[BlockKey, SealedChunk | None]
     written: dict[bytes, ChunkLocation]
+    compressed: bool = True  # False: stored raw, their packs are to be compressed later
 
     def merge(self, other: "SealedBlocks") -> "SealedBlocks":
-        return SealedBlocks(self.chunks | other.chunks, self.written | other.written)
+        return SealedBlocks(self.chunks | other.chunks, self.written | other.written,
+                            self.compressed and other.compressed)
 
 
-def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray]) -> SealedBlocks:
-    """Hash, compress and append to the pack: the CPU and I/O of a flush, safe in a thread
-    (the caller has called ``store.ensure_pack_writer()``). All-zero blocks become holes."""
+def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray], compress: bool = True) -> SealedBlocks:
+    """Hash, compress (unless told not to) and append to the pack: the CPU and I/O of a flush,
+    safe in a thread (the caller has called ``store.ensure_pack_writer()``). All-zero blocks
+    become holes."""
     digests = {key: block_digest(buf) for key, buf in blocks.items()}
     unique = {digest: blocks[key] for key, digest in digests.items() if digest is not None}
-    sealed = {chunk.digest: chunk for chunk in seal_many(list(unique.items()))}
+    sealed = {chunk.digest: chunk for chunk in seal_many(list(unique.items()), compress=compress)}
     chunks = {key: None if digest is None else sealed[digest] for key, digest in digests.items()}
-    return SealedBlocks(chunks, store.write_chunks(sealed.values()))
+    return SealedBlocks(chunks, store.write_chunks(sealed.values()), compress)
 
 
 def block_digest(buf: bytearray | None) -> bytes | None:
@@ -804,10 +807,10 @@ class Tree:
         self.inflight.append(batch)
         return batch
 
-    def seal(self, batch: Batch) -> SealedBlocks:
+    def seal(self, batch: Batch, compress: bool = True) -> SealedBlocks:
         """``seal_blocks`` for a whole batch, in this thread."""
         self.store.ensure_pack_writer()
-        return seal_blocks(self.store, batch.blocks)
+        return seal_blocks(self.store, batch.blocks, compress)
 
     def commit_batch(self, batch: Batch, sealed: SealedBlocks) -> int:
         """Store a sealed batch at its own epoch; returns the compressed bytes it added.
@@ -832,6 +835,8 @@ class Tree:
                 store.list_snapshot(txn, record)
             kept = {key: chunk for key, chunk in sealed.chunks.items() if key not in batch.dropped}
             added = store.add_chunks(txn, (c for c in kept.values() if c is not None), sealed.written)
+            if not sealed.compressed:
+                store.note_uncompressed(txn, {location.pack for location in sealed.written.values()})
             for (ino, index), chunk in kept.items():
                 versions.put(txn, self._db_blocks, self.branch_id, batch.epoch, ino, block_name(index),
                              None if chunk is None else chunk.digest)

@@ -240,3 +240,76 @@ def test_gc_never_deletes_chunks_committed_while_it_looks_at_packs(tmp_path, mon
         writer.stdin.write("bye\n")
         writer.stdin.flush()
         writer.wait(timeout=30)
+
+
+def commit_raw(tree: Tree) -> None:
+    """Commit what is dirty as the daemon's flusher does when it is behind: stored raw."""
+    batch = tree.take_batch()
+    tree.commit_batch(batch, tree.seal(batch, compress=False))
+
+
+def test_gc_compresses_what_a_daemon_stored_raw_and_left(store: Store):
+    """A daemon that stopped before it was idle leaves packs of raw chunks: gc compresses them
+    (the incompressible ones stay raw), deletes the raw packs and keeps every byte."""
+    import os
+
+    tree = Tree(store, 1)
+    text = b"".join(b"%d,%d\n" % (i, i * i) for i in range(60000))
+    noise = os.urandom(300000)
+    for name, data in ((b"table.csv", text), (b"weights.bin", noise)):
+        ino, _ = tree.create(ROOT_INODE, name, FILE, 0, 0)
+        tree.write(ino, 0, data)
+    commit_raw(tree)
+    raw_pack = store.uncompressed_packs()
+    stored_raw = store.stats()["chunk_stored_bytes"]
+    assert raw_pack and stored_raw >= len(text) + len(noise)
+    report = collect_garbage(store)
+    assert report.packs_compressed == 1 and store.uncompressed_packs() == []
+    assert store.stats()["chunk_stored_bytes"] < len(noise) + len(text) / 2
+    assert not (store.path / "packs" / f"{raw_pack[0]:08d}.pack").exists()
+    store.chunk_cache.clear()
+    assert contents(tree) == {b"table.csv": text, b"weights.bin": noise}
+    assert check(store).clean
+
+
+def test_a_pack_being_compressed_is_left_to_whoever_holds_it(store: Store):
+    """A daemon compressing a pack holds it locked: gc neither compresses nor deletes it, and
+    compresses it at a later run once it is free."""
+    from cowfs.fs.recompress import PackRewrite
+
+    tree = Tree(store, 1)
+    ino, _ = tree.create(ROOT_INODE, b"a.csv", FILE, 0, 0)
+    tree.write(ino, 0, b"1,2,3\n" * 100000)
+    commit_raw(tree)
+    [pack_id] = store.uncompressed_packs()
+    store.close_pack()  # as the daemon rotates it before compressing it
+    with PackRewrite(store, pack_id):
+        report = collect_garbage(store)
+        assert report.packs_compressed == 0 and report.packs_deleted == 0
+        assert store.uncompressed_packs() == [pack_id]
+    assert collect_garbage(store).packs_compressed == 1
+    store.chunk_cache.clear()
+    assert contents(tree) == {b"a.csv": b"1,2,3\n" * 100000}
+
+
+def test_a_damaged_raw_chunk_is_reported_and_its_pack_kept(store: Store):
+    """Compression reads every chunk it moves through its hash: a damaged one is reported,
+    nothing moves, and reading the file gives an I/O error rather than other bytes."""
+    from cowfs.fs.errors import CorruptChunkError
+
+    tree = Tree(store, 1)
+    ino, _ = tree.create(ROOT_INODE, b"a.csv", FILE, 0, 0)
+    tree.write(ino, 0, b"x,y\n" * 50000)
+    commit_raw(tree)
+    [pack_id] = store.uncompressed_packs()
+    path = store.path / "packs" / f"{pack_id:08d}.pack"
+    _, _, offset, _ = next(scan_pack(path))
+    with open(path, "r+b") as pack:
+        pack.seek(offset + 100)
+        pack.write(b"?")
+    report = collect_garbage(store)
+    assert report.packs_compressed == 0 and any("fails its hash check" in p for p in report.problems)
+    assert path.exists() and store.uncompressed_packs() == [pack_id]
+    store.chunk_cache.clear()
+    with pytest.raises(CorruptChunkError):
+        tree.read(ino, 0, 200000)
