@@ -33,7 +33,10 @@ written = []
 with open(log_path, "a") as log:
     for i in range(100000):
         name = f"w{seed}_{i}"
-        data = rng.randbytes(rng.randrange(1, 400000))
+        if i % 10 == 9:  # large and compressible: stored raw, compressed by gc meanwhile
+            data = b"".join(b"%d,%d\n" % (j, rng.randrange(10**6)) for j in range(rng.randrange(400000, 600000)))
+        else:
+            data = rng.randbytes(rng.randrange(1, 400000))
         try:
             fd = os.open(os.path.join(mnt, name), os.O_CREAT | os.O_WRONLY | os.O_TRUNC)
             os.write(fd, data)
