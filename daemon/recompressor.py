@@ -26,7 +26,6 @@ class Recompressor:
         self.flusher = flusher
         self.store = flusher.tree.store
         self._taken_at_last_look = -1
-        self.saved = 0  # stored bytes saved so far (status)
 
     async def run(self) -> None:
         while True:
@@ -73,5 +72,4 @@ class Recompressor:
         except OSError as exc:
             log.warning("compressing pack %d failed, will try again: %s", pack_id, exc)
             return
-        self.saved += saved
         log.info("compressed pack %d: %d bytes saved", pack_id, saved)

@@ -69,28 +69,40 @@ def seal(data: Payload, digest: bytes | None = None) -> SealedChunk:
     return _kept(digest, data, compressor.compress(data))
 
 
-def seal_many(blocks: list[tuple[bytes, Payload]], threads: int = 1, compress: bool = True) -> list[SealedChunk]:
+def seal_many(blocks: list[tuple[bytes, Payload]], threads: int = 1) -> list[SealedChunk]:
     """Compress many hashed blocks (digest, data) in a few calls, each with the GIL released
     throughout (``threads`` > 1 adds zstd's own threads; the flusher already runs two callers).
-    Without ``compress`` every block is kept raw, to be compressed later (fs/recompress.py).
 
     Why not ``seal`` in a loop: every call hands the GIL back and forth, and beside a busy FUSE
     thread each hand-back waits for the switch interval; sealing 64 MiB that way took 0.2-1.0 s
     instead of 0.03 s. Here a whole batch costs two calls: the 4 KiB samples, then the blocks
     that are not noise. Frames are views of zstd's output, not copies."""
-    if not compress:
-        return [_kept(digest, data, None) for digest, data in blocks]
     if len(blocks) < 4:
         return [seal(data, digest) for digest, data in blocks]
     compressor = _codec()[0]
-    samples = compressor.multi_compress_to_buffer([memoryview(data)[:SAMPLE] for _, data in blocks], threads=threads)
     sealed = [_kept(digest, data, None) for digest, data in blocks]
-    picked = [i for i, (_, data) in enumerate(blocks) if not _noisy(len(data), lambda i=i: len(samples[i]))]
+    picked = _worth_compressing(compressor, blocks, threads)
     if picked:
         frames = compressor.multi_compress_to_buffer([blocks[i][1] for i in picked], threads=threads)
         for frame, i in zip(frames, picked):
             sealed[i] = _kept(blocks[i][0], blocks[i][1], memoryview(frame))
     return sealed
+
+
+def keep_raw(blocks: list[tuple[bytes, Payload]]) -> tuple[list[SealedChunk], bool]:
+    """Every block as it is, for when compressing now would hold up the writer, and whether zstd
+    would shrink any of them (their pack is then worth compressing later: fs/recompress.py).
+    Costs the 4 KiB samples only, ~3% of compressing, and spares rewriting incompressible data."""
+    return [_kept(digest, data, None) for digest, data in blocks], bool(_worth_compressing(_codec()[0], blocks))
+
+
+def _worth_compressing(compressor: zstandard.ZstdCompressor, blocks: list[tuple[bytes, Payload]],
+                       threads: int = 1) -> list[int]:
+    """Which blocks are not noise, by their samples compressed in one call."""
+    if not blocks:
+        return []
+    samples = compressor.multi_compress_to_buffer([memoryview(data)[:SAMPLE] for _, data in blocks], threads=threads)
+    return [i for i, (_, data) in enumerate(blocks) if not _noisy(len(data), lambda i=i: len(samples[i]))]
 
 
 def unseal(digest: bytes, payload: bytes, raw_len: int, where: str) -> bytes:

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, TypeVar
 import lmdb
 
 from cowfs.fs import versions
-from cowfs.fs.chunks import SealedChunk, digest_of, seal_many
+from cowfs.fs.chunks import SealedChunk, digest_of, keep_raw, seal_many
 from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
 from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
@@ -76,11 +76,11 @@ class SealedBlocks:
 
     chunks: dict[BlockKey, SealedChunk | None]
     written: dict[bytes, ChunkLocation]
-    compressed: bool = True  # False: stored raw, their packs are to be compressed later
+    deferred: bool = False  # some were stored raw that zstd would shrink: compress their packs later
 
     def merge(self, other: "SealedBlocks") -> "SealedBlocks":
         return SealedBlocks(self.chunks | other.chunks, self.written | other.written,
-                            self.compressed and other.compressed)
+                            self.deferred or other.deferred)
 
 
 def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray], compress: bool = True) -> SealedBlocks:
@@ -88,10 +88,12 @@ def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray], compress: bool 
     safe in a thread (the caller has called ``store.ensure_pack_writer()``). All-zero blocks
     become holes."""
     digests = {key: block_digest(buf) for key, buf in blocks.items()}
-    unique = {digest: blocks[key] for key, digest in digests.items() if digest is not None}
-    sealed = {chunk.digest: chunk for chunk in seal_many(list(unique.items()), compress=compress)}
+    unique = list({digest: blocks[key] for key, digest in digests.items() if digest is not None}.items())
+    made, deferred = (seal_many(unique), False) if compress else keep_raw(unique)
+    sealed = {chunk.digest: chunk for chunk in made}
     chunks = {key: None if digest is None else sealed[digest] for key, digest in digests.items()}
-    return SealedBlocks(chunks, store.write_chunks(sealed.values()), compress)
+    written = store.write_chunks(sealed.values())
+    return SealedBlocks(chunks, written, deferred and bool(written))
 
 
 def block_digest(buf: bytearray | None) -> bytes | None:
@@ -835,7 +837,7 @@ class Tree:
                 store.list_snapshot(txn, record)
             kept = {key: chunk for key, chunk in sealed.chunks.items() if key not in batch.dropped}
             added = store.add_chunks(txn, (c for c in kept.values() if c is not None), sealed.written)
-            if not sealed.compressed:
+            if sealed.deferred:
                 store.note_uncompressed(txn, {location.pack for location in sealed.written.values()})
             for (ino, index), chunk in kept.items():
                 versions.put(txn, self._db_blocks, self.branch_id, batch.epoch, ino, block_name(index),

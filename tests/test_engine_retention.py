@@ -272,6 +272,21 @@ def test_gc_compresses_what_a_daemon_stored_raw_and_left(store: Store):
     assert check(store).clean
 
 
+def test_only_packs_holding_compressible_raw_data_are_queued(store: Store):
+    """Random bytes stored raw to keep up would be stored raw anyway: their pack is not queued
+    for a rewrite that could not shrink it. One compressible block queues it."""
+    import os
+
+    tree = Tree(store, 1)
+    ino, _ = tree.create(ROOT_INODE, b"weights.bin", FILE, 0, 0)
+    tree.write(ino, 0, os.urandom(1 << 20))
+    commit_raw(tree)
+    assert store.uncompressed_packs() == []
+    tree.write(ino, 1 << 20, b"0.5," * 40000)
+    commit_raw(tree)
+    assert store.uncompressed_packs() == [store.current_pack]
+
+
 def test_a_pack_being_compressed_is_left_to_whoever_holds_it(store: Store):
     """A daemon compressing a pack holds it locked: gc neither compresses nor deletes it, and
     compresses it at a later run once it is free."""
