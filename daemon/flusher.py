@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import time
 
 import trio
 
@@ -30,6 +31,10 @@ SEAL_SPLIT_MIN_BLOCKS = 8
 # the daemon is idle (fs/recompress.py): on two cores zstd would otherwise set the write speed.
 BEHIND_BYTES = 16 << 20
 WAITED_FOR_BYTES = 4 << 20  # a batch someone waits for (fsync, a throttled writer) above this size
+# Data that arrived faster than this (from its first write to the batch) comes from a writer
+# zstd would hold up: 512 MiB of text written and fsynced went at ~250 MB/s compressed, ~470 raw.
+# A slower one (pandas' to_csv writes ~20 MB/s) is compressed at once, with no rewrite later.
+FAST_WRITER_BYTES_PER_S = 100e6
 
 
 async def seal_in_threads(store: Store, batch: Batch, compress: bool = True) -> SealedBlocks:
@@ -65,7 +70,9 @@ def error_code(exc: BaseException | None) -> int | None:
 class Flusher:
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
-        self._send, self._receive = trio.open_memory_channel[Batch](math.inf)
+        # batches in the order taken, each with whether its data arrived fast
+        self._send, self._receive = trio.open_memory_channel[tuple[Batch, bool]](math.inf)
+        self._first_write_at: float | None = None  # of the data not yet taken
         self._taken = 0  # batches handed to the worker
         self._taken_with_records = 0  # the last of them that lists snapshots
         self._listed = 0  # batches committed to the index, in order (their snapshots listed)
@@ -85,7 +92,9 @@ class Flusher:
         self._taken += 1
         if batch.records:
             self._taken_with_records = self._taken
-        self._send.send_nowait(batch)
+        now = time.monotonic()
+        began, self._first_write_at = self._first_write_at or now, None
+        self._send.send_nowait((batch, batch.nbytes >= FAST_WRITER_BYTES_PER_S * (now - began)))
         return self._taken
 
     def kick(self) -> int:
@@ -140,6 +149,8 @@ class Flusher:
 
         While the store's disk is full, writes beyond the in-flight limit wait for the retry
         and fail with its error (ENOSPC), so memory stays bounded and the writer hears it."""
+        if self._first_write_at is None:
+            self._first_write_at = time.monotonic()
         if self.tree.dirty_bytes >= DIRTY_FLUSH_BYTES:
             self.kick()
         while self.tree.inflight_bytes > INFLIGHT_LIMIT_BYTES:
@@ -164,16 +175,18 @@ class Flusher:
         """Commit batches in order; make snapshots durable with one sync per group of batches
         that queued up meanwhile (group commit: per-cell snapshots arrive faster than fsync)."""
         task_status.started()
-        async for batch in self._receive:
-            group = [batch]
+        async for first in self._receive:
+            queued = [first]
             while True:
                 try:
-                    group.append(self._receive.receive_nowait())
+                    queued.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
+            group = [member for member, _ in queued]
             async with self._pack_io:
-                for member in group:
-                    await self._until_done(f"flush of epoch {member.epoch}", self._commit, member)
+                for position, (member, fast) in enumerate(queued):
+                    hurried = fast or position < len(queued) - 1
+                    await self._until_done(f"flush of epoch {member.epoch}", self._commit, member, hurried)
                     self._listed += 1
                     self._wake()
             if any(member.records for member in group):
@@ -187,13 +200,14 @@ class Flusher:
         """fsync packs, then the index, in a thread; the pack is not closed meanwhile."""
         await self.in_pack_thread(self.tree.store.sync)
 
-    def _store_raw(self, batch: Batch) -> bool:
-        """Whether to store a batch raw (and compress it when idle): more data already waits
-        behind it, or someone waits for a large one. Never after a failure: a disk that filled up
-        gets the smaller, compressed form when the commit is tried again."""
+    def _store_raw(self, batch: Batch, hurried: bool) -> bool:
+        """Whether to store a batch raw (and compress it when idle): its data came fast or more
+        is queued behind it (``hurried``), much is dirty behind it, or someone waits for a large
+        one. Never after a failure: a disk that filled up gets the smaller, compressed form when
+        the commit is tried again."""
         if self.failure is not None:
             return False
-        return (self._receive.statistics().current_buffer_used > 0
+        return (hurried or self._receive.statistics().current_buffer_used > 0
                 or self.tree.dirty_bytes >= BEHIND_BYTES
                 or (self._waiters > 0 and batch.nbytes >= WAITED_FOR_BYTES))
 
@@ -211,8 +225,8 @@ class Flusher:
     def batches_taken(self) -> int:
         return self._taken
 
-    async def _commit(self, batch: Batch) -> None:
-        sealed = await seal_in_threads(self.tree.store, batch, compress=not self._store_raw(batch))
+    async def _commit(self, batch: Batch, hurried: bool) -> None:
+        sealed = await seal_in_threads(self.tree.store, batch, compress=not self._store_raw(batch, hurried))
         await trio.to_thread.run_sync(self.tree.write_batch, batch, sealed)
         self.tree.batch_committed(batch)
 
