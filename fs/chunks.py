@@ -89,11 +89,19 @@ def seal_many(blocks: list[tuple[bytes, Payload]], threads: int = 1) -> list[Sea
     return sealed
 
 
+WORTH_DEFERRING = 0.125  # of a batch's bytes: less is left raw for good, with no rewrite later
+
+
 def keep_raw(blocks: list[tuple[bytes, Payload]]) -> tuple[list[SealedChunk], bool]:
-    """Every block as it is, for when compressing now would hold up the writer, and whether zstd
-    would shrink any of them (their pack is then worth compressing later: fs/recompress.py).
-    Costs the 4 KiB samples only, ~3% of compressing, and spares rewriting incompressible data."""
-    return [_kept(digest, data, None) for digest, data in blocks], bool(_worth_compressing(_codec()[0], blocks))
+    """Every block as it is, for when compressing now would hold up the writer, and whether the
+    blocks zstd would shrink are enough to be worth compressing later (fs/recompress.py rewrites
+    their whole pack). Costs the 4 KiB samples only, ~3% of compressing. Random bytes written
+    through the page cache arrive with a few short pieces of blocks, too short to sample: they
+    alone must not have 512 MiB of random bytes rewritten (3.3 s, bench/run.py)."""
+    picked = _worth_compressing(_codec()[0], blocks)
+    total = sum(len(data) for _, data in blocks)
+    worth = sum(len(blocks[i][1]) for i in picked) >= WORTH_DEFERRING * total
+    return [_kept(digest, data, None) for digest, data in blocks], bool(picked) and worth
 
 
 def _worth_compressing(compressor: zstandard.ZstdCompressor, blocks: list[tuple[bytes, Payload]],

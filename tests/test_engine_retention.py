@@ -274,12 +274,15 @@ def test_gc_compresses_what_a_daemon_stored_raw_and_left(store: Store):
 
 def test_only_packs_holding_compressible_raw_data_are_queued(store: Store):
     """Random bytes stored raw to keep up would be stored raw anyway: their pack is not queued
-    for a rewrite that could not shrink it. One compressible block queues it."""
+    for a rewrite that could not shrink it, nor for a short piece of text beside them. A batch
+    that is mostly compressible queues it."""
     import os
 
     tree = Tree(store, 1)
     ino, _ = tree.create(ROOT_INODE, b"weights.bin", FILE, 0, 0)
     tree.write(ino, 0, os.urandom(1 << 20))
+    note, _ = tree.create(ROOT_INODE, b"note.txt", FILE, 0, 0)
+    tree.write(note, 0, b"epoch,loss\n" * 1000)
     commit_raw(tree)
     assert store.uncompressed_packs() == []
     tree.write(ino, 1 << 20, b"0.5," * 40000)
