@@ -144,7 +144,7 @@ def sequential(mnt: Path, payload: bytes, name: str, settle: Callable[[], float]
     return result
 
 
-def random_writes(mnt: Path, file_mb: int, count: int) -> dict[str, float]:
+def random_writes(mnt: Path, file_mb: int, count: int, settle: Callable[[], float] | None = None) -> dict[str, float]:
     path = mnt / "random.bin"
     with open(path, "wb") as handle:
         handle.truncate(file_mb << 20)
@@ -161,9 +161,11 @@ def random_writes(mnt: Path, file_mb: int, count: int) -> dict[str, float]:
         finally:
             os.close(fd)
 
-    seconds = timed(run)
+    result = {"random 4 KiB writes+fsync /s": count / timed(run)}
+    if settle is not None:
+        result["random writes: compressed, s after fsync"] = settle()
     path.unlink()
-    return {"random 4 KiB writes+fsync /s": count / seconds}
+    return result
 
 
 def small_files(mnt: Path, count: int) -> dict[str, float]:
@@ -220,7 +222,7 @@ def run_comparisons(args: argparse.Namespace, scratch: Path) -> dict[str, dict[s
                     time.sleep(args.settle)
                     figures.update(sequential(mnt, payload, name, settle))
                 time.sleep(args.settle)
-                figures.update(random_writes(mnt, 256, args.random_writes))
+                figures.update(random_writes(mnt, 256, args.random_writes, settle))
                 figures.update(small_files(mnt, args.files))
                 figures.update(real_trees(mnt, tarball, repo, count))
             for metric, value in figures.items():
