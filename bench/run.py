@@ -103,22 +103,7 @@ def compressible(size: int) -> bytes:
     return b"".join(rng.choices(pool, k=int(size / average) + 1000))[:size]
 
 
-def until_compressed(store: Path, timeout: float = 300.0) -> float:
-    """Seconds until the daemon has compressed what it stored raw to keep up (it waits for 2 s
-    of quiet first): waited for so that this work is not charged to the next target's figures."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        opened = Store.open(store, readonly=True)
-        try:
-            if not opened.uncompressed_packs():
-                break
-        finally:
-            opened.close()
-        time.sleep(0.05)
-    return time.perf_counter() - started
-
-
-def sequential(mnt: Path, payload: bytes, name: str, settle: Callable[[], float] | None = None) -> dict[str, float]:
+def sequential(mnt: Path, payload: bytes, name: str) -> dict[str, float]:
     path = mnt / name
     mb = len(payload) / 2**20
 
@@ -135,8 +120,6 @@ def sequential(mnt: Path, payload: bytes, name: str, settle: Callable[[], float]
                 pass
 
     result = {f"{name} write+fsync MB/s": mb / timed(write)}
-    if settle is not None:
-        result[f"{name}: compressed, s after fsync"] = settle()
     drop_caches()
     result[f"{name} cold read MB/s"] = mb / timed(read)
     result[f"{name} warm read MB/s"] = mb / timed(read)
@@ -144,7 +127,7 @@ def sequential(mnt: Path, payload: bytes, name: str, settle: Callable[[], float]
     return result
 
 
-def random_writes(mnt: Path, file_mb: int, count: int, settle: Callable[[], float] | None = None) -> dict[str, float]:
+def random_writes(mnt: Path, file_mb: int, count: int) -> dict[str, float]:
     path = mnt / "random.bin"
     with open(path, "wb") as handle:
         handle.truncate(file_mb << 20)
@@ -161,11 +144,9 @@ def random_writes(mnt: Path, file_mb: int, count: int, settle: Callable[[], floa
         finally:
             os.close(fd)
 
-    result = {"random 4 KiB writes+fsync /s": count / timed(run)}
-    if settle is not None:
-        result["random writes: compressed, s after fsync"] = settle()
+    seconds = timed(run)
     path.unlink()
-    return result
+    return {"random 4 KiB writes+fsync /s": count / seconds}
 
 
 def small_files(mnt: Path, count: int) -> dict[str, float]:
@@ -217,12 +198,11 @@ def run_comparisons(args: argparse.Namespace, scratch: Path) -> dict[str, dict[s
         for kind in in_turn(rep):  # interleaved: drift in the machine hits every target alike
             with target(kind, scratch) as mnt:
                 figures = {}
-                settle = (lambda: until_compressed(mnt.parent / "store")) if kind == "cowfs" else None
                 for name, payload in (("incompressible", incompressible), ("compressible", text)):
                     time.sleep(args.settle)
-                    figures.update(sequential(mnt, payload, name, settle))
+                    figures.update(sequential(mnt, payload, name))
                 time.sleep(args.settle)
-                figures.update(random_writes(mnt, 256, args.random_writes, settle))
+                figures.update(random_writes(mnt, 256, args.random_writes))
                 figures.update(small_files(mnt, args.files))
                 figures.update(real_trees(mnt, tarball, repo, count))
             for metric, value in figures.items():
@@ -309,9 +289,6 @@ def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace
              "| metric | native | passthrough | cowfs | cowfs/native | cowfs/passthrough |",
              "|---|---|---|---|---|---|"]
     for metric in results["cowfs"]:
-        if metric not in results["native"]:  # cowfs's own (its deferred compression)
-            lines.append(f"| {metric} | – | – | {fmt(results['cowfs'][metric])} | – | – |")
-            continue
         med = {kind: statistics.median(results[kind][metric]) for kind in TARGETS}
         lines.append(f"| {metric} | {fmt(results['native'][metric])} | {fmt(results['passthrough'][metric])} | "
                      f"{fmt(results['cowfs'][metric])} | {med['cowfs'] / med['native']:.2f} | "

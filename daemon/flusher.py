@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import time
 
 import trio
 
@@ -27,28 +26,18 @@ INFLIGHT_LIMIT_BYTES = 256 << 20  # writers wait while this much is being flushe
 SEAL_SPLIT_MIN_BLOCKS = 8
 
 
-# Data waiting behind a batch, above which the batch is stored raw and compressed later when
-# the daemon is idle (fs/recompress.py): on two cores zstd would otherwise set the write speed.
-BEHIND_BYTES = 16 << 20
-WAITED_FOR_BYTES = 4 << 20  # a batch someone waits for (fsync, a throttled writer) above this size
-# Data that arrived faster than this (from its first write to the batch) comes from a writer
-# zstd would hold up: 512 MiB of text written and fsynced went at ~250 MB/s compressed, ~470 raw.
-# A slower one (pandas' to_csv writes ~20 MB/s) is compressed at once, with no rewrite later.
-FAST_WRITER_BYTES_PER_S = 100e6
-
-
-async def seal_in_threads(store: Store, batch: Batch, compress: bool = True) -> SealedBlocks:
+async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
     """Seal a batch in two worker threads: blake3, zstd and the pack writes all release the GIL."""
     store.ensure_pack_writer()
     items = list(batch.blocks.items())
     if len(items) < SEAL_SPLIT_MIN_BLOCKS:
-        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks, compress)
+        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
     else:
         half = math.ceil(len(items) / 2)
         parts: list[SealedBlocks] = []
 
         async def seal_part(part: list) -> None:
-            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part), compress))
+            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part)))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(seal_part, items[:half])
@@ -70,9 +59,7 @@ def error_code(exc: BaseException | None) -> int | None:
 class Flusher:
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
-        # batches in the order taken, each with whether its data arrived fast
-        self._send, self._receive = trio.open_memory_channel[tuple[Batch, bool]](math.inf)
-        self._first_write_at: float | None = None  # of the data not yet taken
+        self._send, self._receive = trio.open_memory_channel[Batch](math.inf)
         self._taken = 0  # batches handed to the worker
         self._taken_with_records = 0  # the last of them that lists snapshots
         self._listed = 0  # batches committed to the index, in order (their snapshots listed)
@@ -83,7 +70,6 @@ class Flusher:
         self._rotate_requested = False
         self._committed_since_trim = False  # freed block buffers the heap may still hold
         self._pack_io = trio.Lock()  # held while threads append to or fsync this daemon's pack
-        self._waiters = 0  # tasks waiting for a commit (fsync, throttled writers, snapshots)
         self.failure: BaseException | None = None
 
     # -- handing work over ---------------------------------------------------------------------
@@ -92,9 +78,7 @@ class Flusher:
         self._taken += 1
         if batch.records:
             self._taken_with_records = self._taken
-        now = time.monotonic()
-        began, self._first_write_at = self._first_write_at or now, None
-        self._send.send_nowait((batch, batch.nbytes >= FAST_WRITER_BYTES_PER_S * (now - began)))
+        self._send.send_nowait(batch)
         return self._taken
 
     def kick(self) -> int:
@@ -129,14 +113,10 @@ class Flusher:
         failures_at_start = self._failures
         if self.failure is not None:
             self._retry_now.set()
-        self._waiters += 1
-        try:
-            while not reached():
-                await self._changed.wait()
-                if self._failures > failures_at_start:
-                    raise self._failure_error()
-        finally:
-            self._waiters -= 1
+        while not reached():
+            await self._changed.wait()
+            if self._failures > failures_at_start:
+                raise self._failure_error()
 
     async def flush(self, durable: bool) -> None:
         """Everything written so far is in the store (and on disk when ``durable``)."""
@@ -149,8 +129,6 @@ class Flusher:
 
         While the store's disk is full, writes beyond the in-flight limit wait for the retry
         and fail with its error (ENOSPC), so memory stays bounded and the writer hears it."""
-        if self._first_write_at is None:
-            self._first_write_at = time.monotonic()
         if self.tree.dirty_bytes >= DIRTY_FLUSH_BYTES:
             self.kick()
         while self.tree.inflight_bytes > INFLIGHT_LIMIT_BYTES:
@@ -175,18 +153,16 @@ class Flusher:
         """Commit batches in order; make snapshots durable with one sync per group of batches
         that queued up meanwhile (group commit: per-cell snapshots arrive faster than fsync)."""
         task_status.started()
-        async for first in self._receive:
-            queued = [first]
+        async for batch in self._receive:
+            group = [batch]
             while True:
                 try:
-                    queued.append(self._receive.receive_nowait())
+                    group.append(self._receive.receive_nowait())
                 except trio.WouldBlock:
                     break
-            group = [member for member, _ in queued]
             async with self._pack_io:
-                for position, (member, fast) in enumerate(queued):
-                    hurried = fast or position < len(queued) - 1
-                    await self._until_done(f"flush of epoch {member.epoch}", self._commit, member, hurried)
+                for member in group:
+                    await self._until_done(f"flush of epoch {member.epoch}", self._commit, member)
                     self._listed += 1
                     self._wake()
             if any(member.records for member in group):
@@ -198,35 +174,11 @@ class Flusher:
 
     async def _sync_store(self) -> None:
         """fsync packs, then the index, in a thread; the pack is not closed meanwhile."""
-        await self.in_pack_thread(self.tree.store.sync)
-
-    def _store_raw(self, batch: Batch, hurried: bool) -> bool:
-        """Whether to store a batch raw (and compress it when idle): its data came fast or more
-        is queued behind it (``hurried``), much is dirty behind it, or someone waits for a large
-        one. Never after a failure: a disk that filled up gets the smaller, compressed form when
-        the commit is tried again."""
-        if self.failure is not None:
-            return False
-        return (hurried or self._receive.statistics().current_buffer_used > 0
-                or self.tree.dirty_bytes >= BEHIND_BYTES
-                or (self._waiters > 0 and batch.nbytes >= WAITED_FOR_BYTES))
-
-    async def in_pack_thread(self, action, *args):
-        """Run ``action`` in a worker thread while no batch appends to or rotates the pack."""
         async with self._pack_io:
-            return await trio.to_thread.run_sync(action, *args)
+            await trio.to_thread.run_sync(self.tree.store.sync)
 
-    @property
-    def busy(self) -> bool:
-        """Data is waiting to be flushed or being flushed."""
-        return self.tree.has_dirty or bool(self.tree.inflight)
-
-    @property
-    def batches_taken(self) -> int:
-        return self._taken
-
-    async def _commit(self, batch: Batch, hurried: bool) -> None:
-        sealed = await seal_in_threads(self.tree.store, batch, compress=not self._store_raw(batch, hurried))
+    async def _commit(self, batch: Batch) -> None:
+        sealed = await seal_in_threads(self.tree.store, batch)
         await trio.to_thread.run_sync(self.tree.write_batch, batch, sealed)
         self.tree.batch_committed(batch)
 

@@ -24,7 +24,7 @@ from cowfs.fs.chunks import SealedChunk, unseal
 from cowfs.fs.errors import CorruptChunkError, RemoteChunkNeeded, StoreError
 from cowfs.fs.index import Index
 from cowfs.fs.keys import (DB_BRANCH_NAMES, DB_BRANCHES, DB_CHUNKS, DB_INODES, DB_META,
-                           DB_RECENT_REFS, DB_REMOTE_CHUNKS, DB_SNAPSHOTS, DB_UNCOMPRESSED_PACKS, U32, U64)
+                           DB_RECENT_REFS, DB_REMOTE_CHUNKS, DB_SNAPSHOTS, U32, U64)
 from cowfs.fs.packs import PackMissingError, PackReader, PackWriter, sync_directory
 from cowfs.fs.records import (BranchRecord, ChunkLocation, InodeAttrs, RemoteChunk, SnapshotRecord,
                               format_snapshot_id)
@@ -52,11 +52,6 @@ def default_store_path() -> Path:
 def _get_u64(txn: lmdb.Transaction, db, name: bytes, default: int = 0) -> int:
     raw = txn.get(name, db=db)
     return U64.unpack(raw)[0] if raw else default
-
-
-def bump_stat(txn: lmdb.Transaction, meta, name: bytes, delta: int) -> None:
-    """Add ``delta`` to one of the store's statistics (never below zero)."""
-    txn.put(name, U64.pack(max(0, _get_u64(txn, meta, name) + delta)), db=meta)
 
 
 class Store:
@@ -336,11 +331,6 @@ class Store:
             self._writer = PackWriter(self.path / "packs", pack_id)
         return self._writer
 
-    @property
-    def current_pack(self) -> int | None:
-        """The pack this process appends to, if one is open."""
-        return self._writer.pack_id if self._writer is not None else None
-
     def close_pack(self) -> None:
         """Finish this process's pack; the next chunk starts a new one."""
         if self._writer is not None:
@@ -357,29 +347,12 @@ class Store:
 
         Only the transaction that indexes them makes them part of the store; until then
         they are unreferenced bytes (a crash leaves them for gc)."""
+        assert self._writer is not None, "call ensure_pack_writer first"
         chunks_db = self.index.db(DB_CHUNKS)
         with self.index.reading() as txn:
             new = [c for c in sealed if txn.get(c.digest, db=chunks_db) is None]
         unique = list({chunk.digest: chunk for chunk in new}.values())
-        return dict(zip((chunk.digest for chunk in unique), self.append_chunks(unique)))
-
-    def append_chunks(self, chunks: list[SealedChunk]) -> list[ChunkLocation]:
-        """Append to this process's pack as they are; safe in a worker thread."""
-        assert self._writer is not None, "call ensure_pack_writer first"
-        return self._writer.append_many(chunks)
-
-    def note_uncompressed(self, txn: lmdb.Transaction, packs: Iterable[int]) -> None:
-        """Record packs that hold chunks stored raw only to keep up, for fs/recompress.py."""
-        table = self.index.db(DB_UNCOMPRESSED_PACKS)
-        for pack in packs:
-            txn.put(U32.pack(pack), b"", db=table)
-
-    def uncompressed_packs(self) -> list[int]:
-        table = self.index.dbs.get(DB_UNCOMPRESSED_PACKS)
-        if table is None:
-            return []
-        with self.index.reading() as txn:
-            return [U32.unpack(key)[0] for key, _ in txn.cursor(db=table)]
+        return dict(zip((chunk.digest for chunk in unique), self._writer.append_many(unique)))
 
     def add_chunks(self, txn: lmdb.Transaction, sealed: Iterable[SealedChunk],
                    written: dict[bytes, ChunkLocation] | None = None) -> int:
@@ -406,7 +379,7 @@ class Store:
         for name, delta in (("chunk_count", added_count), ("chunk_raw_bytes", added_raw),
                             ("chunk_stored_bytes", added_stored), ("logical_bytes", logical)):
             if delta:
-                bump_stat(txn, meta, name.encode(), delta)
+                txn.put(name.encode(), U64.pack(_get_u64(txn, meta, name.encode()) + delta), db=meta)
         return added_stored
 
     def read_chunk(self, txn: lmdb.Transaction, digest: bytes) -> bytes:

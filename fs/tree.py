@@ -30,7 +30,7 @@ from typing import Callable, Iterator, TypeVar
 import lmdb
 
 from cowfs.fs import versions
-from cowfs.fs.chunks import SealedChunk, digest_of, keep_raw, seal_many
+from cowfs.fs.chunks import SealedChunk, digest_of, seal_many
 from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
 from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
@@ -76,24 +76,25 @@ class SealedBlocks:
 
     chunks: dict[BlockKey, SealedChunk | None]
     written: dict[bytes, ChunkLocation]
-    deferred: bool = False  # some were stored raw that zstd would shrink: compress their packs later
 
     def merge(self, other: "SealedBlocks") -> "SealedBlocks":
-        return SealedBlocks(self.chunks | other.chunks, self.written | other.written,
-                            self.deferred or other.deferred)
+        return SealedBlocks(self.chunks | other.chunks, self.written | other.written)
 
 
-def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray], compress: bool = True) -> SealedBlocks:
-    """Hash, compress (unless told not to) and append to the pack: the CPU and I/O of a flush,
-    safe in a thread (the caller has called ``store.ensure_pack_writer()``). All-zero blocks
-    become holes."""
+def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray]) -> SealedBlocks:
+    """Hash, compress and append to the pack: the CPU and I/O of a flush, safe in a thread
+    (the caller has called ``store.ensure_pack_writer()``). All-zero blocks become holes."""
     digests = {key: block_digest(buf) for key, buf in blocks.items()}
-    unique = list({digest: blocks[key] for key, digest in digests.items() if digest is not None}.items())
-    made, deferred = (seal_many(unique), False) if compress else keep_raw(unique)
-    sealed = {chunk.digest: chunk for chunk in made}
+    unique = {digest: blocks[key] for key, digest in digests.items() if digest is not None}
+    # Chunks the store holds already are only referenced, so they are not compressed: a file
+    # written again as it was (notebooks re-save data all the time) costs hashing only.
+    with store.index.reading() as txn:
+        known = {digest: SealedChunk(digest, data, len(data)) for digest, data in unique.items()
+                 if store.has_chunk(txn, digest)}
+    made = seal_many([(digest, data) for digest, data in unique.items() if digest not in known])
+    sealed = known | {chunk.digest: chunk for chunk in made}
     chunks = {key: None if digest is None else sealed[digest] for key, digest in digests.items()}
-    written = store.write_chunks(sealed.values())
-    return SealedBlocks(chunks, written, deferred and bool(written))
+    return SealedBlocks(chunks, store.write_chunks(made))
 
 
 def block_digest(buf: bytearray | None) -> bytes | None:
@@ -809,10 +810,10 @@ class Tree:
         self.inflight.append(batch)
         return batch
 
-    def seal(self, batch: Batch, compress: bool = True) -> SealedBlocks:
+    def seal(self, batch: Batch) -> SealedBlocks:
         """``seal_blocks`` for a whole batch, in this thread."""
         self.store.ensure_pack_writer()
-        return seal_blocks(self.store, batch.blocks, compress)
+        return seal_blocks(self.store, batch.blocks)
 
     def commit_batch(self, batch: Batch, sealed: SealedBlocks) -> int:
         """Store a sealed batch at its own epoch; returns the compressed bytes it added.
@@ -837,8 +838,6 @@ class Tree:
                 store.list_snapshot(txn, record)
             kept = {key: chunk for key, chunk in sealed.chunks.items() if key not in batch.dropped}
             added = store.add_chunks(txn, (c for c in kept.values() if c is not None), sealed.written)
-            if sealed.deferred:
-                store.note_uncompressed(txn, {location.pack for location in sealed.written.values()})
             for (ino, index), chunk in kept.items():
                 versions.put(txn, self._db_blocks, self.branch_id, batch.epoch, ino, block_name(index),
                              None if chunk is None else chunk.digest)

@@ -446,3 +446,27 @@ def test_adopted_blocks_read_as_the_original_and_a_missing_chunk_is_refused(stor
     with pytest.raises(CorruptChunkError):
         tree.adopt_blocks(orphan, [(0, b"\x01" * 32)], BLOCK_SIZE)
     assert tree.getattr(orphan).size == 0 and tree.read(orphan, 0, 10) == b""
+
+
+def test_data_the_store_holds_is_not_compressed_again(store: Store, monkeypatch):
+    """A file written again as it was is only hashed: its chunks are referenced, not compressed
+    a second time (notebooks re-save the same data all the time)."""
+    import cowfs.fs.tree as tree_module
+
+    compressed: list[int] = []
+
+    def counting(blocks, *args, **kwargs):
+        compressed.append(len(blocks))
+        return real(blocks, *args, **kwargs)
+
+    real = tree_module.seal_many
+    monkeypatch.setattr(tree_module, "seal_many", counting)
+    tree = Tree(store, 1)
+    text = b"".join(b"%d;%d\n" % (i, i * 3) for i in range(100000))
+    first = new_file(tree, b"a.csv", text)
+    tree.flush()
+    second = new_file(tree, b"copy.csv", text)
+    tree.flush()
+    assert compressed == [len(text) // BLOCK_SIZE + 1, 0]
+    store.chunk_cache.clear()
+    assert tree.read(first, 0, len(text)) == text and tree.read(second, 0, len(text)) == text

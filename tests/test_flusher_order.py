@@ -77,35 +77,3 @@ def test_commits_wait_for_their_pack_bytes_and_packs_close_after_their_commits(s
     assert len(checked) == len(written) and all(checked)
     assert len(closed) == 3  # the packs filled up while batches were in flight
     assert tree.read(ino, 5 * 16 * MiB, 16 * MiB) == written[5]
-
-
-def test_a_fast_writer_is_stored_raw_and_a_slow_one_compressed_at_once(store: Store):
-    """Compression is deferred only for data that came faster than zstd would keep up with: a
-    notebook's slow writer (to_csv) is compressed as it goes, with no rewrite later."""
-    tree = Tree(store, 1)
-    text = b"".join(b"%d,%d\n" % (i, i % 89) for i in range(400000))  # ~4 MiB of CSV
-    slow, _ = tree.create(ROOT_INODE, b"slow.csv", stat.S_IFREG | 0o644, 0, 0)
-    fast, _ = tree.create(ROOT_INODE, b"fast.csv", stat.S_IFREG | 0o644, 0, 0)
-    pending: dict[str, list[int]] = {}
-
-    async def write(ino: int, data: bytes, pieces: int, pause: float) -> list[int]:
-        piece = len(data) // pieces
-        for start in range(0, len(data), piece):
-            tree.write(ino, start, data[start:start + piece])
-            await flusher.throttle()  # as the daemon's write handler does
-            await trio.sleep(pause)
-        await flusher.wait_committed(flusher.kick())
-        return store.uncompressed_packs()
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(flusher.run)
-            pending["slow"] = await write(slow, text, 40, 0.02)  # ~5 MB/s
-            pending["fast"] = await write(fast, text[::-1], 1, 0)  # other blocks: nothing deduplicated
-            nursery.cancel_scope.cancel()
-
-    flusher = Flusher(tree)
-    trio.run(main)
-    assert pending == {"slow": [], "fast": [store.current_pack]}
-    store.chunk_cache.clear()
-    assert tree.read(slow, 0, len(text)) == text and tree.read(fast, 0, len(text)) == text[::-1]
