@@ -342,17 +342,15 @@ class Store:
         if self._writer is None or self._writer.full:
             self.index.write(self.pack_writer)
 
-    def write_chunks(self, sealed: Iterable[SealedChunk]) -> dict[bytes, ChunkLocation]:
-        """Append the chunks the index does not know yet; safe in a worker thread.
+    def write_chunks(self, sealed: list[SealedChunk]) -> dict[bytes, ChunkLocation]:
+        """Append chunks the index did not know when the caller looked (``seal_blocks``, once
+        per batch); safe in a worker thread.
 
-        Only the transaction that indexes them makes them part of the store; until then
-        they are unreferenced bytes (a crash leaves them for gc)."""
+        Only the transaction that indexes them makes them part of the store; until then they
+        are unreferenced bytes (a crash leaves them for gc). One that another commit indexed
+        meanwhile is indexed once (``add_chunks``); its bytes here are left for gc."""
         assert self._writer is not None, "call ensure_pack_writer first"
-        chunks_db = self.index.db(DB_CHUNKS)
-        with self.index.reading() as txn:
-            new = [c for c in sealed if txn.get(c.digest, db=chunks_db) is None]
-        unique = list({chunk.digest: chunk for chunk in new}.values())
-        return dict(zip((chunk.digest for chunk in unique), self._writer.append_many(unique)))
+        return dict(zip((chunk.digest for chunk in sealed), self._writer.append_many(sealed)))
 
     def add_chunks(self, txn: lmdb.Transaction, sealed: Iterable[SealedChunk],
                    written: dict[bytes, ChunkLocation] | None = None) -> int:
