@@ -14,7 +14,7 @@ import stat
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import lmdb
 
@@ -26,6 +26,7 @@ from cowfs.fs.index import Index
 from cowfs.fs.keys import (DB_BRANCH_NAMES, DB_BRANCHES, DB_CHUNKS, DB_INODES, DB_META,
                            DB_RECENT_REFS, DB_REMOTE_CHUNKS, DB_SNAPSHOTS, U32, U64)
 from cowfs.fs.packs import PackMissingError, PackReader, PackWriter, sync_directory
+from cowfs.fs.parallel import map_shared
 from cowfs.fs.records import (BranchRecord, ChunkLocation, InodeAttrs, RemoteChunk, SnapshotRecord,
                               format_snapshot_id)
 from cowfs.fs.remote.cache import DEFAULT_LIMIT, ChunkCache
@@ -381,15 +382,34 @@ class Store:
         return added_stored
 
     def read_chunk(self, txn: lmdb.Transaction, digest: bytes) -> bytes:
-        cached = self.chunk_cache.get(digest)
-        if cached is not None:
-            return cached
-        raw = txn.get(digest, db=self.index.db(DB_CHUNKS))
-        if raw is None:
-            return self._read_remote_chunk(txn, digest)
-        location = ChunkLocation.decode(raw)
+        return self.read_chunks(txn, [digest])[0]
+
+    def read_chunks(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[bytes]:
+        """The chunks' bytes, verified. Those read from packs are decompressed and checked on
+        all cores at once (``map_shared``): a cold 1 MiB read is eight chunks, and one core
+        decompresses text at ~1 GB/s, which made it the wall of a cold sequential read."""
+        found: dict[bytes, bytes] = {}
+        stored: list[tuple[bytes, ChunkLocation]] = []
+        table = self.index.db(DB_CHUNKS)
+        for digest in dict.fromkeys(digests):
+            cached = self.chunk_cache.get(digest)
+            if cached is not None:
+                found[digest] = cached
+                continue
+            raw = txn.get(digest, db=table)
+            if raw is None:
+                found[digest] = self._read_remote_chunk(txn, digest)
+            else:
+                stored.append((digest, ChunkLocation.decode(raw)))
+        payloads = [self._payload(digest, location) for digest, location in stored]
+        for (digest, _), data in zip(stored, map_shared(_unseal_from_pack, payloads)):
+            self.chunk_cache.put(digest, data)
+            found[digest] = data
+        return [found[digest] for digest in digests]
+
+    def _payload(self, digest: bytes, location: ChunkLocation) -> tuple[bytes, bytes, ChunkLocation]:
         try:
-            payload = self.packs.read(location)
+            return digest, self.packs.read(location), location
         except PackMissingError:
             # gc may have moved the chunk to a new pack after this transaction began
             with self.index.reading() as fresh:
@@ -397,10 +417,7 @@ class Store:
             if raw is None or ChunkLocation.decode(raw) == location:
                 raise
             location = ChunkLocation.decode(raw)
-            payload = self.packs.read(location)
-        data = unseal(digest, payload, location.raw_len, f"pack {location.pack}")
-        self.chunk_cache.put(digest, data)
-        return data
+            return digest, self.packs.read(location), location
 
     # -- chunks of lazily mounted remote snapshots ------------------------------------------------
     def has_chunk(self, txn: lmdb.Transaction, digest: bytes) -> bool:
@@ -524,3 +541,7 @@ def describe(record: SnapshotRecord) -> dict:
             "same_as": format_snapshot_id(record.same_as) if record.same_as else None,
             "changed_count": record.changed_count}
 
+
+def _unseal_from_pack(read: tuple[bytes, bytes, ChunkLocation]) -> bytes:
+    digest, payload, location = read
+    return unseal(digest, payload, location.raw_len, f"pack {location.pack}")

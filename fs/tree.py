@@ -648,17 +648,31 @@ class Tree:
         return UNKNOWN
 
     def _block(self, txn: lmdb.Transaction, ino: int, index: int) -> bytes | bytearray | None:
-        pending = self._pending_block((ino, index))
-        if pending is not UNKNOWN:
-            return pending
-        digest = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
-        if digest is None:
-            return None
-        try:
-            return self.store.read_chunk(txn, digest)
-        except RemoteChunkNeeded as needed:  # say where, so the fetch can read ahead in this file
-            needed.ino, needed.block = ino, index
-            raise
+        return self._blocks(txn, ino, range(index, index + 1))[0]
+
+    def _blocks(self, txn: lmdb.Transaction, ino: int, indexes: range) -> list[bytes | bytearray | None]:
+        """The blocks as a read sees them (None: a hole). Stored ones are read together, so
+        their chunks are decompressed on all cores at once."""
+        blocks: list[bytes | bytearray | None] = []
+        wanted: dict[int, bytes] = {}  # position in blocks -> digest of a stored block
+        for index in indexes:
+            pending = self._pending_block((ino, index))
+            if pending is UNKNOWN:
+                digest = versions.get(txn, self._db_blocks, self.view, ino, block_name(index))
+                if digest is not None:
+                    wanted[len(blocks)] = digest
+                pending = None
+            blocks.append(pending)
+        if wanted:
+            try:
+                chunks = self.store.read_chunks(txn, list(wanted.values()))
+            except RemoteChunkNeeded as needed:  # say where, so the fetch can read ahead in this file
+                needed.ino = ino
+                needed.block = next(indexes[i] for i, digest in wanted.items() if digest == needed.digest)
+                raise
+            for i, chunk in zip(wanted, chunks):
+                blocks[i] = chunk
+        return blocks
 
     def _dirty_block(self, txn: lmdb.Transaction, ino: int, index: int, whole: bool) -> bytearray:
         key = (ino, index)
@@ -699,11 +713,13 @@ class Tree:
             # one whole stored block (the kernel asks 128 KiB at a time without root's 1 MiB
             # read-ahead) is not copied at all.
             pieces: list[bytes | bytearray | memoryview] = []
+            first = offset // BLOCK_SIZE
+            blocks = self._blocks(txn, ino, range(first, (end - 1) // BLOCK_SIZE + 1))
             pos = offset
             while pos < end:
                 index, lo = divmod(pos, BLOCK_SIZE)
                 count = min(BLOCK_SIZE - lo, end - pos)
-                block = self._block(txn, ino, index) or b""
+                block = blocks[index - first] or b""
                 piece = block if lo == 0 and count == len(block) else memoryview(block)[lo:lo + count]
                 pieces.append(piece)
                 if len(piece) < count:

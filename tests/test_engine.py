@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -17,6 +19,7 @@ from cowfs.fs.keys import DB_DIRENTS
 from conftest import corrupt_first_chunk
 from cowfs.fs.chunks import digest_of, unseal
 from cowfs.fs.packs import scan_pack
+from cowfs.fs.parallel import HELPERS, map_shared
 from cowfs.fs.store import FORMAT, ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE, Tree
 
@@ -343,16 +346,40 @@ def test_snapshot_resolution(store: Store):
 
 
 @pytest.mark.parametrize("content", ["compressible", "incompressible"])
-def test_corrupt_chunk_is_an_error_never_wrong_bytes(store: Store, content: str):
+@pytest.mark.parametrize("span", ["one block", "all blocks"])
+def test_corrupt_chunk_is_an_error_never_wrong_bytes(store: Store, content: str, span: str):
     tree = Tree(store, 1)
-    ino = new_file(tree, b"f", bytes(range(256)) * 1024 if content == "compressible" else os.urandom(256 * 1024))
+    size = 4 * BLOCK_SIZE
+    text = b"".join(b"%d,%d\n" % (i, i * i) for i in range(size // 8))[:size]  # no two blocks alike
+    data = os.urandom(size) if content == "incompressible" else text
+    ino = new_file(tree, b"f", data)
     tree.flush()
     store.sync()
     corrupt_first_chunk(store.path)
     store.chunk_cache.clear()
-    with pytest.raises(CorruptChunkError) as raised:
-        tree.read(ino, 0, 100)
+    with pytest.raises(CorruptChunkError) as raised:  # a whole read unseals its chunks on all cores
+        tree.read(ino, 0, 100 if span == "one block" else size)
     assert raised.value.errno == errno.EIO
+    assert tree.read(ino, BLOCK_SIZE, 3 * BLOCK_SIZE) == data[BLOCK_SIZE:], "the other blocks read as written"
+
+
+def test_shared_work_keeps_order_and_raises_after_every_item_finished():
+    threads, finished = set(), []
+
+    def work(item: int) -> int:
+        time.sleep(0.05)  # releases the GIL, as zstd and blake3 do
+        threads.add(threading.get_ident())
+        if item == 3:
+            raise ValueError("item 3")
+        finished.append(item)
+        return item * item
+
+    assert map_shared(work, [0, 1, 2, 4, 5, 6, 7]) == [0, 1, 4, 16, 25, 36, 49]
+    assert len(threads) == 1 + min(HELPERS, 6)
+    finished.clear()
+    with pytest.raises(ValueError, match="item 3"):
+        map_shared(work, list(range(8)))
+    assert sorted(finished) == [0, 1, 2, 4, 5, 6, 7], "no helper is still at work when the error is raised"
 
 
 def test_incompressible_blocks_are_stored_raw_and_the_rest_compressed(store: Store):
