@@ -21,7 +21,12 @@ from cowfs.fs.tree import Batch, SealedBlocks, Tree, seal_blocks
 
 log = logging.getLogger(__name__)
 
-DIRTY_FLUSH_BYTES = 64 << 20  # start a background flush above this much dirty data
+DIRTY_FLUSH_BYTES = 64 << 20  # start a background flush once writes brought this much data
+# ... or once the dirty blocks hold this much: a write into part of a 128 KiB block fills the rest
+# with what the block held before. Flushed at 64 MiB of such blocks, 20,000 random 4 KiB writes
+# into a 256 MiB file read back and sealed again most blocks they touched (docs/benchmarks.md,
+# session 15: 22.9k against 28.3k writes/s).
+DIRTY_MEMORY_BYTES = 256 << 20
 INFLIGHT_LIMIT_BYTES = 256 << 20  # writers wait while this much is being flushed
 SEAL_SPLIT_MIN_BLOCKS = 8
 
@@ -129,7 +134,7 @@ class Flusher:
 
         While the store's disk is full, writes beyond the in-flight limit wait for the retry
         and fail with its error (ENOSPC), so memory stays bounded and the writer hears it."""
-        if self.tree.dirty_bytes >= DIRTY_FLUSH_BYTES:
+        if self.tree.dirty_written >= DIRTY_FLUSH_BYTES or self.tree.dirty_bytes >= DIRTY_MEMORY_BYTES:
             self.kick()
         while self.tree.inflight_bytes > INFLIGHT_LIMIT_BYTES:
             await self.wait_committed(self._committed + 1)

@@ -154,7 +154,11 @@ class Tree:
         self.dirty_attrs: dict[int, InodeAttrs | None] = {}
         self.dirty_entries: dict[int, dict[bytes, int | None]] = {}
         self.dirty_orphans: dict[int, bool] = {}
-        self.dirty_bytes = 0
+        self.dirty_bytes = 0  # what the dirty block buffers hold: memory
+        # What writes brought since the last batch was taken: a 4 KiB write into a stored block
+        # makes 128 KiB dirty, so flushing by dirty_bytes alone flushed random writes ~32x too
+        # early, and every later write into a flushed block read it back (the flusher uses both).
+        self.dirty_written = 0
         self.inflight: list[Batch] = []
         # What the in-flight batches hold: the flusher holds writers back on it after every
         # write, so it is kept, not summed (a sum per write was ~8% of the FUSE thread).
@@ -747,6 +751,7 @@ class Tree:
                 buf[lo:lo + count] = view[pos - offset:pos - offset + count]
                 self.dirty_bytes += len(buf) - before
                 pos += count
+            self.dirty_written += len(data)
         if not self.kernel_stamps_writes:
             now = _now()
             self.dirty_attrs[ino] = attrs.changed(size=max(attrs.size, end), mtime_ns=now, ctime_ns=now)
@@ -822,6 +827,7 @@ class Tree:
         self.inflight_bytes += batch.nbytes
         self.unlisted = []
         self.dirty_blocks, self.dirty_files, self.dirty_attrs, self.dirty_bytes = {}, {}, {}, 0
+        self.dirty_written = 0
         self.dirty_entries, self.dirty_orphans = {}, {}
         self.inflight.append(batch)
         return batch

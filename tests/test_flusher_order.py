@@ -8,7 +8,7 @@ batches queued and packs filling up meanwhile:
   gc takes an unlocked pack as fully indexed and would delete chunks still to be committed.
 
 Both broke in a trial that sealed the next batch while the previous one committed (session 10,
-docs/benchmarks.md); this test failed on each."""
+docs/benchmarks.md); this test failed on each. The second test checks when a flush starts."""
 
 from __future__ import annotations
 
@@ -77,3 +77,41 @@ def test_commits_wait_for_their_pack_bytes_and_packs_close_after_their_commits(s
     assert len(checked) == len(written) and all(checked)
     assert len(closed) == 3  # the packs filled up while batches were in flight
     assert tree.read(ino, 5 * 16 * MiB, 16 * MiB) == written[5]
+
+
+def test_a_flush_starts_at_what_writes_brought_or_at_what_dirty_blocks_hold(store: Store, monkeypatch):
+    """Random 4 KiB writes into stored 128 KiB blocks fill memory 32x faster than they bring data;
+    flushing them by memory alone sealed and read back the same blocks over and over. The
+    flusher starts a batch at DIRTY_FLUSH_BYTES written, or at DIRTY_MEMORY_BYTES held."""
+    from cowfs.daemon import flusher as flusher_module
+    from cowfs.fs.tree import BLOCK_SIZE
+
+    monkeypatch.setattr(flusher_module, "DIRTY_FLUSH_BYTES", 1 * MiB)
+    monkeypatch.setattr(flusher_module, "DIRTY_MEMORY_BYTES", 8 * MiB)
+    tree = Tree(store, 1)
+    ino, _ = tree.create(ROOT_INODE, b"table.db", stat.S_IFREG | 0o644, 0, 0)
+    tree.write(ino, 0, os.urandom(16 * MiB))
+    tree.flush()
+    page = os.urandom(4096)
+
+    async def scenario() -> None:
+        flusher = Flusher(tree)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(flusher.run)
+            for block in range(32):  # 128 KiB written, 4 MiB of blocks dirty: nothing to do yet
+                tree.write(ino, block * BLOCK_SIZE + 4096, page)
+                await flusher.throttle()
+            assert not tree.inflight and tree.dirty_written == 32 * 4096 and tree.dirty_bytes == 4 * MiB
+            for block in range(32, 72):  # 9 MiB of blocks dirty: memory says flush
+                tree.write(ino, block * BLOCK_SIZE + 4096, page)
+                await flusher.throttle()
+            assert tree.dirty_bytes < 8 * MiB, "8 MiB of dirty blocks started no flush"
+            await flusher.flush(durable=False)
+            for offset in range(0, MiB, 256 * 1024):  # whole blocks: 1 MiB written says flush
+                assert not tree.inflight and tree.dirty_written == offset
+                tree.write(ino, offset, os.urandom(256 * 1024))
+                await flusher.throttle()
+            assert tree.dirty_written == 0, "1 MiB written started no flush"
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario)
