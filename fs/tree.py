@@ -48,6 +48,8 @@ T = TypeVar("T")
 # As ext4 with 4 KiB blocks: a size beyond it is a mistake (truncate(2**62)), not a file.
 MAX_FILE_SIZE = 16 * 2**40
 BlockKey = tuple[int, int]
+# A dirty block: its own buffer, or a view of the immutable bytes a whole-block write brought.
+DirtyBlock = bytearray | memoryview
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Batch:
     """Dirty state detached for flushing; it belongs to ``epoch`` whatever happens meanwhile."""
 
     epoch: int
-    blocks: dict[BlockKey, bytearray | None]  # None: a hole from here on (truncated)
+    blocks: dict[BlockKey, DirtyBlock | None]  # None: a hole from here on (truncated)
     attrs: dict[int, InodeAttrs | None]  # None: the inode was deleted
     entries: dict[int, dict[bytes, int | None]] = field(default_factory=dict)  # dir -> name -> inode
     orphans: dict[int, bool] = field(default_factory=dict)  # inode -> has no name (True) / settled
@@ -81,7 +83,7 @@ class SealedBlocks:
         return SealedBlocks(self.chunks | other.chunks, self.written | other.written)
 
 
-def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray]) -> SealedBlocks:
+def seal_blocks(store: Store, blocks: dict[BlockKey, DirtyBlock]) -> SealedBlocks:
     """Hash, compress and append to the pack: the CPU and I/O of a flush, safe in a thread
     (the caller has called ``store.ensure_pack_writer()``). All-zero blocks become holes."""
     digests = {key: block_digest(buf) for key, buf in blocks.items()}
@@ -97,7 +99,7 @@ def seal_blocks(store: Store, blocks: dict[BlockKey, bytearray]) -> SealedBlocks
     return SealedBlocks(chunks, store.write_chunks(made))
 
 
-def block_digest(buf: bytearray | None) -> bytes | None:
+def block_digest(buf: DirtyBlock | None) -> bytes | None:
     """The block's digest, or None for a block of zeros or a truncated one (stored as a hole).
 
     Zeros are recognised by their hash, which sealing computes anyway: no extra pass."""
@@ -147,7 +149,7 @@ class Tree:
         self.kernel_stamps_writes = False
         with store.index.reading() as txn:
             self.view = store.view(txn, branch_id, epoch)
-        self.dirty_blocks: dict[BlockKey, bytearray | None] = {}
+        self.dirty_blocks: dict[BlockKey, DirtyBlock | None] = {}
         # The keys of dirty_blocks by inode: deleting or truncating a file looks at its own
         # blocks, not at every dirty block (a scan per unlink made rm -rf after a build quadratic).
         self.dirty_files: dict[int, set[int]] = {}
@@ -641,7 +643,7 @@ class Tree:
         return attrs.target
 
     # -- file data ---------------------------------------------------------------------------
-    def _pending_block(self, key: BlockKey) -> bytearray | None | _Unknown:
+    def _pending_block(self, key: BlockKey) -> DirtyBlock | None | _Unknown:
         """The block as the head or an in-flight batch holds it (None: a hole), newest first;
         UNKNOWN when only the index can tell."""
         if key in self.dirty_blocks:
@@ -651,13 +653,13 @@ class Tree:
                 return batch.blocks[key]
         return UNKNOWN
 
-    def _block(self, txn: lmdb.Transaction, ino: int, index: int) -> bytes | bytearray | None:
+    def _block(self, txn: lmdb.Transaction, ino: int, index: int) -> bytes | DirtyBlock | None:
         return self._blocks(txn, ino, range(index, index + 1))[0]
 
-    def _blocks(self, txn: lmdb.Transaction, ino: int, indexes: range) -> list[bytes | bytearray | None]:
+    def _blocks(self, txn: lmdb.Transaction, ino: int, indexes: range) -> list[bytes | DirtyBlock | None]:
         """The blocks as a read sees them (None: a hole). Stored ones are read together, so
         their chunks are decompressed on all cores at once."""
-        blocks: list[bytes | bytearray | None] = []
+        blocks: list[bytes | DirtyBlock | None] = []
         wanted: dict[int, bytes] = {}  # position in blocks -> digest of a stored block
         for index in indexes:
             pending = self._pending_block((ino, index))
@@ -686,9 +688,18 @@ class Tree:
             buf = bytearray(base) if base else bytearray()
             self._set_dirty_block(key, buf)
             self.dirty_bytes += len(buf)
+        elif not isinstance(buf, bytearray):  # a view of a write's bytes (``_share_block``)
+            buf = self.dirty_blocks[key] = bytearray(buf)
         return buf
 
-    def _set_dirty_block(self, key: BlockKey, buf: bytearray | None) -> None:
+    def _share_block(self, key: BlockKey, block: memoryview) -> None:
+        """Make a whole block written from an immutable ``bytes`` a view of it, not a copy: a
+        sequential write then costs one pass over its data less before sealing."""
+        old = self.dirty_blocks.get(key)
+        self.dirty_bytes += len(block) - (len(old) if old is not None else 0)
+        self._set_dirty_block(key, block)
+
+    def _set_dirty_block(self, key: BlockKey, buf: DirtyBlock | None) -> None:
         self.dirty_blocks[key] = buf
         self.dirty_files.setdefault(key[0], set()).add(key[1])
 
@@ -741,9 +752,14 @@ class Tree:
             pos, end = offset, offset + len(data)
             if end > MAX_FILE_SIZE:
                 raise FsError(errno.EFBIG)
+            shareable = type(data) is bytes  # nobody can change it after we return
             while pos < end:
                 index, lo = divmod(pos, BLOCK_SIZE)
                 count = min(BLOCK_SIZE - lo, end - pos)
+                if shareable and count == BLOCK_SIZE:
+                    self._share_block((ino, index), view[pos - offset:pos - offset + count])
+                    pos += count
+                    continue
                 buf = self._dirty_block(txn, ino, index, whole=(lo == 0 and count == BLOCK_SIZE))
                 before = len(buf)
                 if before < lo:

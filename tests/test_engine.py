@@ -497,3 +497,24 @@ def test_data_the_store_holds_is_not_compressed_again(store: Store, monkeypatch)
     assert compressed == [len(text) // BLOCK_SIZE + 1, 0]
     store.chunk_cache.clear()
     assert tree.read(first, 0, len(text)) == text and tree.read(second, 0, len(text)) == text
+
+
+def test_whole_blocks_written_are_the_writers_bytes_until_changed(store: Store):
+    """A whole block from an immutable write is kept as a view of it (no copy); a later write
+    into part of it, a truncation or the caller reusing a mutable buffer change nothing else."""
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"f")
+    reused = bytearray(os.urandom(2 * BLOCK_SIZE))
+    tree.write(ino, 0, reused)
+    first = bytes(reused)
+    reused[:] = bytes(len(reused))  # the caller reuses its buffer: the file keeps what was written
+    assert tree.read(ino, 0, 2 * BLOCK_SIZE) == first
+    data = os.urandom(3 * BLOCK_SIZE)
+    tree.write(ino, 0, data)
+    tree.write(ino, BLOCK_SIZE + 100, b"x" * 10)
+    tree.setattr(ino, size=2 * BLOCK_SIZE + 7)
+    expected = data[:BLOCK_SIZE + 100] + b"x" * 10 + data[BLOCK_SIZE + 110:2 * BLOCK_SIZE + 7]
+    assert tree.read(ino, 0, 3 * BLOCK_SIZE) == expected
+    tree.flush()
+    store.chunk_cache.clear()
+    assert tree.read(ino, 0, 3 * BLOCK_SIZE) == expected
