@@ -18,7 +18,7 @@ from typing import Callable, Sequence, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-HELPERS = max(0, min((os.cpu_count() or 1) - 1, 3))
+HELPERS = max(0, min(len(os.sched_getaffinity(0)) - 1, 3))  # the cores we may run on, not the machine's
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
