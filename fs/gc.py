@@ -21,14 +21,14 @@ from itertools import groupby
 
 import lmdb
 
-from cowfs.fs.chunks import SealedChunk, unseal
+from cowfs.fs.chunks import SealedChunk
 from cowfs.fs.errors import CorruptChunkError
 from cowfs.fs.keys import (DB_BLOCKS, DB_CHUNKS, DB_META, DB_RECENT_REFS, EPOCH_BYTES, U32, U64,
                            VERSIONED_DBS, epoch_of)
 from cowfs.fs.packs import pack_in_use
 from cowfs.fs.progress import Progress, silent
 from cowfs.fs.records import ChunkLocation
-from cowfs.fs.store import Store
+from cowfs.fs.store import Store, unseal_stored
 
 DELETE_BATCH = 2000
 REWRITE_BELOW_LIVE_RATIO = 0.5
@@ -180,7 +180,7 @@ def _move_chunks(store: Store, entries: list[tuple[bytes, ChunkLocation]], repor
     for digest, location in entries:
         payload = store.packs.read(location)
         try:
-            unseal(digest, payload, location.raw_len, f"pack {location.pack}")
+            unseal_stored(digest, payload, location)
         except CorruptChunkError as exc:
             report.problems.append(f"{exc}; pack {location.pack} kept for `cowfs fsck`")
             return False

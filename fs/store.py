@@ -402,7 +402,7 @@ class Store:
             else:
                 stored.append((digest, ChunkLocation.decode(raw)))
         payloads = [self._payload(digest, location) for digest, location in stored]
-        for (digest, _), data in zip(stored, map_shared(_unseal_from_pack, payloads)):
+        for (digest, _), data in zip(stored, map_shared(lambda read: unseal_stored(*read), payloads)):
             self.chunk_cache.put(digest, data)
             found[digest] = data
         return [found[digest] for digest in digests]
@@ -542,6 +542,6 @@ def describe(record: SnapshotRecord) -> dict:
             "changed_count": record.changed_count}
 
 
-def _unseal_from_pack(read: tuple[bytes, bytes, ChunkLocation]) -> bytes:
-    digest, payload, location = read
+def unseal_stored(digest: bytes, payload: bytes, location: ChunkLocation) -> bytes:
+    """A chunk's bytes from the payload its pack holds, verified; an error names the pack."""
     return unseal(digest, payload, location.raw_len, f"pack {location.pack}")
