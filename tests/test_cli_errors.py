@@ -102,10 +102,17 @@ def test_a_runtime_directory_another_user_made_first_is_passed_over():
     store, mnt = root / "store", root / "mnt"
     mnt.mkdir()
     cowfs = f"{sys.executable} -m cowfs.cli.main --store {store}"
+    # A checkout under /tmp (CI may clone there) would vanish under the fresh /tmp: keep it seen.
+    checkout = Path(__file__).resolve().parent.parent
+    keep = ""
+    if checkout.is_relative_to("/tmp"):
+        keep = f"mkdir -p {checkout} && mount --bind {root}/real-tmp/{checkout.relative_to('/tmp')} {checkout}"
     script = f"""
 set -e
 mount --make-rprivate /
+mkdir {root}/real-tmp && mount --bind /tmp {root}/real-tmp
 mount -t tmpfs tmpfs /tmp
+{keep}
 mkdir /tmp/cowfs-0 && chown 65534:65534 /tmp/cowfs-0 && chmod 0777 /tmp/cowfs-0
 unset XDG_RUNTIME_DIR
 export XDG_CACHE_HOME={root}/cache
