@@ -157,10 +157,15 @@ class PackReader:
         return os.pread(self._fd(location.pack), HEADER.size, location.offset - HEADER.size)
 
     def read(self, location: ChunkLocation) -> bytes:
+        """Safe in any thread once the pack is ``open``."""
         payload = os.pread(self._fd(location.pack), location.stored_len, location.offset)
         if len(payload) != location.stored_len:
             raise CorruptChunkError(f"pack {location.pack} is shorter than the index says")
         return payload
+
+    def open(self, pack_id: int) -> None:
+        """Open a pack for reading, here, so that threads may then read it."""
+        self._fd(pack_id)
 
     def _fd(self, pack_id: int) -> int:
         fd = self._fds.get(pack_id)

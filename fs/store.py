@@ -385,9 +385,12 @@ class Store:
         return self.read_chunks(txn, [digest])[0]
 
     def read_chunks(self, txn: lmdb.Transaction, digests: Sequence[bytes]) -> list[bytes]:
-        """The chunks' bytes, verified. Those read from packs are decompressed and checked on
+        """The chunks' bytes, verified. Those in packs are read, decompressed and checked on
         all cores at once (``map_shared``): a cold 1 MiB read is eight chunks, and one core
-        decompresses text at ~1 GB/s, which made it the wall of a cold sequential read."""
+        decompresses text at ~1 GB/s, which made it the wall of a cold sequential read. Each
+        chunk is also read by the thread that checks it: the copy out of the page cache costs
+        a core as much as the hash (cold read of random bytes, A/B: 822 -> 970 MB/s). Packs
+        are opened here first, since opening is where a gc that moved a chunk shows."""
         found: dict[bytes, bytes] = {}
         stored: list[tuple[bytes, ChunkLocation]] = []
         table = self.index.db(DB_CHUNKS)
@@ -400,16 +403,21 @@ class Store:
             if raw is None:
                 found[digest] = self._read_remote_chunk(txn, digest)
             else:
-                stored.append((digest, ChunkLocation.decode(raw)))
-        payloads = [self._payload(digest, location) for digest, location in stored]
-        for (digest, _), data in zip(stored, map_shared(lambda read: unseal_stored(*read), payloads)):
+                stored.append(self._opened(digest, ChunkLocation.decode(raw)))
+        for (digest, _), data in zip(stored, map_shared(self._read_stored, stored)):
             self.chunk_cache.put(digest, data)
             found[digest] = data
         return [found[digest] for digest in digests]
 
-    def _payload(self, digest: bytes, location: ChunkLocation) -> tuple[bytes, bytes, ChunkLocation]:
+    def _read_stored(self, stored: tuple[bytes, ChunkLocation]) -> bytes:
+        digest, location = stored
+        return unseal_stored(digest, self.packs.read(location), location)
+
+    def _opened(self, digest: bytes, location: ChunkLocation) -> tuple[bytes, ChunkLocation]:
+        """Where the chunk is, with its pack open for reading (not safe in helper threads)."""
         try:
-            return digest, self.packs.read(location), location
+            self.packs.open(location.pack)
+            return digest, location
         except PackMissingError:
             # gc may have moved the chunk to a new pack after this transaction began
             with self.index.reading() as fresh:
@@ -417,7 +425,8 @@ class Store:
             if raw is None or ChunkLocation.decode(raw) == location:
                 raise
             location = ChunkLocation.decode(raw)
-            return digest, self.packs.read(location), location
+            self.packs.open(location.pack)
+            return digest, location
 
     # -- chunks of lazily mounted remote snapshots ------------------------------------------------
     def has_chunk(self, txn: lmdb.Transaction, digest: bytes) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -12,6 +13,8 @@ from cowfs.fs.gc import collect_garbage
 from cowfs.fs.packs import scan_pack
 from cowfs.fs.records import SnapshotRecord
 from cowfs.fs.retention import Policy, parse_duration, plan_prune, protected, remove_snapshots, set_pinned
+from cowfs.fs.chunks import digest_of
+from cowfs.fs.keys import DB_CHUNKS
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import Tree
 
@@ -91,6 +94,33 @@ def test_gc_reclaims_removed_snapshots_and_keeps_everything_visible(store: Store
     assert contents(tree) == expected_head
     assert contents(Tree.at_snapshot(store, kept)) == expected_kept
     assert check(store).clean
+
+
+def test_a_read_begun_before_gc_moved_its_chunks_finds_them_in_their_new_pack(store: Store):
+    """gc moves the live chunks out of a mostly dead pack and deletes it while a reader's
+    transaction still names the old place; the reader opens a pack only when it first reads
+    from it, and then must look the chunk up afresh rather than fail."""
+    tree = Tree(store, 1)
+    dead, _ = tree.create(ROOT_INODE, b"dead", FILE, 0, 0)
+    tree.write(dead, 0, os.urandom(4 * 128 * 1024))
+    live, _ = tree.create(ROOT_INODE, b"live", FILE, 0, 0)
+    payload = os.urandom(2 * 128 * 1024 + 1000)
+    blocks = [payload[:128 * 1024], payload[128 * 1024:256 * 1024], payload[256 * 1024:]]
+    tree.write(live, 0, payload)
+    tree.flush()
+    tree.setattr(dead, size=0)
+    tree.flush()
+    store.close_pack()
+    store.packs.close()  # as a daemon that has not read the pack yet
+    store.chunk_cache.clear()
+    with store.index.reading() as txn:
+        digests = [digest_of(block) for block in blocks]
+        first_places = [txn.get(digest, db=store.index.db(DB_CHUNKS)) for digest in digests]
+        report = collect_garbage(store)
+        assert report.packs_deleted >= 1
+        with store.index.reading() as now:
+            assert all(now.get(d, db=store.index.db(DB_CHUNKS)) != p for d, p in zip(digests, first_places))
+        assert store.read_chunks(txn, digests) == blocks
 
 
 def test_gc_never_drops_a_chunk_reused_during_the_scan(store: Store, monkeypatch):
