@@ -32,7 +32,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import TARGETS, target  # noqa: E402
+from run import BASE_TARGETS, target  # noqa: E402
 
 clock = time.perf_counter_ns
 
@@ -120,7 +120,7 @@ def main() -> int:
     # wake-up cost drifts over minutes, and a row should compare one moment.
     with tempfile.TemporaryDirectory(prefix="cowfs-rtt-", dir="/var/tmp") as scratch, \
             contextlib.ExitStack() as mounted:
-        mounts = {kind: mounted.enter_context(target(kind, Path(scratch))) for kind in TARGETS}
+        mounts = {kind: mounted.enter_context(target(kind, Path(scratch))) for kind in BASE_TARGETS}
         pipe = PipeFloor()
         mounted.callback(pipe.close)
         for gap in gaps:
@@ -135,7 +135,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|")
     for probe in PROBES:
         for gap in gaps:
-            native, passthrough, cowfs = (results[probe, gap, kind] for kind in TARGETS)
+            native, passthrough, cowfs = (results[probe, gap, kind] for kind in BASE_TARGETS)
             print(f"| {probe}, {gap} µs gap | {fmt(native)} | {fmt(passthrough)} | {fmt(cowfs)} | {fmt(floor[gap])} "
                   f"| {cowfs[0] / passthrough[0]:.2f} | {cowfs[0] / floor[gap][0]:.2f} |")
     return 0

@@ -28,7 +28,11 @@ sys.path.insert(0, str(REPO / "tests"))
 from cowfs.cli.client import snapshot  # noqa: E402
 from cowfs.fs.store import Store  # noqa: E402
 
-TARGETS = ("native", "passthrough", "cowfs")
+BASE_TARGETS = ("native", "passthrough", "cowfs")
+# libfuse's minimal passthrough in C (bench/c_passthrough.sh builds it): what a FUSE filesystem
+# gets on this machine when its daemon's language costs nothing. An optional fourth column.
+C_PASSTHROUGH = os.environ.get("COWFS_BENCH_C_PASSTHROUGH")
+TARGETS = BASE_TARGETS + (("C passthrough",) if C_PASSTHROUGH else ())
 
 
 def in_turn(rep: int) -> tuple[str, ...]:
@@ -72,6 +76,11 @@ def target(kind: str, scratch: Path) -> Iterator[Path]:
             (base / "backing").mkdir()
             process = subprocess.Popen([sys.executable, str(REPO / "bench" / "passthrough.py"),
                                         str(base / "backing"), str(mnt)])
+            wait_mounted(mnt)
+        elif kind == "C passthrough":  # its page cache, attribute and entry caching as cowfs asks
+            (base / "backing").mkdir()
+            process = subprocess.Popen([str(C_PASSTHROUGH), "-f", "-o",
+                                        f"source={base / 'backing'},cache=always,writeback", str(mnt)])
             wait_mounted(mnt)
         elif kind == "cowfs":
             cowfs("init", store=base / "store")
@@ -278,7 +287,21 @@ def figure_table(rows: dict[str, object]) -> str:
 
 
 def fmt(values: list[float]) -> str:
-    return f"{statistics.median(values):,.1f} [{min(values):,.1f}–{max(values):,.1f}]"
+    def figure(value: float) -> str:  # three digits at least: a 0.05 s git status is not 0.0
+        return f"{value:,.0f}" if value >= 1000 else f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+    return f"{figure(statistics.median(values))} [{figure(min(values))}–{figure(max(values))}]"
+
+
+def comparison_table(results: dict[str, dict[str, list[float]]], heading: str) -> str:
+    """Every target's median [min-max] per metric, then cowfs over each of the others."""
+    others = [kind for kind in TARGETS if kind != "cowfs"]
+    lines = [f"| {heading} | " + " | ".join(TARGETS) + " | " + " | ".join(f"cowfs/{kind}" for kind in others) + " |",
+             "|---" * (len(TARGETS) + len(others) + 1) + "|"]
+    for metric in results["cowfs"]:
+        med = {kind: statistics.median(results[kind][metric]) for kind in TARGETS}
+        lines.append(f"| {metric} | " + " | ".join(fmt(results[kind][metric]) for kind in TARGETS) + " | "
+                     + " | ".join(f"{med['cowfs'] / med[kind]:.2f}" for kind in others) + " |")
+    return "\n".join(lines)
 
 
 def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace) -> str:
@@ -286,14 +309,8 @@ def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace
              f"{args.files} small files, tar x and git clone of the Python standard library; "
              f"{args.reps} repetitions, interleaved; median [min–max]"
              + (f"; {args.settle:g} s pause before each write phase" if args.settle else "") + ".", "",
-             "| metric | native | passthrough | cowfs | cowfs/native | cowfs/passthrough |",
-             "|---|---|---|---|---|---|"]
-    for metric in results["cowfs"]:
-        med = {kind: statistics.median(results[kind][metric]) for kind in TARGETS}
-        lines.append(f"| {metric} | {fmt(results['native'][metric])} | {fmt(results['passthrough'][metric])} | "
-                     f"{fmt(results['cowfs'][metric])} | {med['cowfs'] / med['native']:.2f} | "
-                     f"{med['cowfs'] / med['passthrough']:.2f} |")
-    lines += ["", "| snapshot (cowfs, the client's call: syncfs and the request) | samples | p50 ms | p99 ms "
+             comparison_table(results, "metric"), ""]
+    lines += ["| snapshot (cowfs, the client's call: syncfs and the request) | samples | p50 ms | p99 ms "
               "| then until durable ms |", "|---|---|---|---|---|"]
     for name, row in snapshots.items():
         if "p50 ms" in row:

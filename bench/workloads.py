@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from run import TARGETS, drop_caches, fmt, in_turn, source_tree, target, timed  # noqa: E402
+from run import TARGETS, comparison_table, drop_caches, in_turn, source_tree, target, timed  # noqa: E402
 
 IMPORTS = "import pandas, sklearn.ensemble, scipy.stats"
 GIT = ["git", "-c", "user.email=b@e", "-c", "user.name=b", "-c", "advice.detachedHead=false"]
@@ -150,13 +150,7 @@ def main() -> int:
     print(f"Workloads: {args.packages} from local wheels; a {args.repo_files}-file repository; "
           f"{args.csv_mb} MiB CSV; {args.reps} repetitions, interleaved; seconds, median [min–max]; "
           "ratios are time over time (lower is faster).\n")
-    print("| workload | native | passthrough | cowfs | cowfs/native | cowfs/passthrough |")
-    print("|---|---|---|---|---|---|")
-    for metric in results["cowfs"]:
-        median = {kind: statistics.median(results[kind][metric]) for kind in TARGETS}
-        print(f"| {metric} | {fmt(results['native'][metric])} | {fmt(results['passthrough'][metric])} | "
-              f"{fmt(results['cowfs'][metric])} | {median['cowfs'] / median['native']:.2f} | "
-              f"{median['cowfs'] / median['passthrough']:.2f} |")
+    print(comparison_table(results, "workload"))
     return 0
 
 
