@@ -2,8 +2,8 @@
 # Builds libfuse's own minimal low-level passthrough in C (example/passthrough_ll.c of the
 # libfuse release installed here, fetched from Debian's source archive, never kept in this
 # repository) and prints its path. With COWFS_BENCH_C_PASSTHROUGH set to that path,
-# bench/run.py and bench/workloads.py add a column: what a FUSE filesystem written in C gets on
-# this machine, the floor no Python daemon can go below.
+# bench/run.py and bench/workloads.py add a column: what a FUSE filesystem written in C, with
+# nothing of its own to do per request, gets on this machine and kernel.
 set -euo pipefail
 version=$(pkg-config --modversion fuse3)
 out=${1:-/var/tmp/cowfs-bench-c-passthrough}

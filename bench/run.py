@@ -67,7 +67,7 @@ def wait_mounted(path: Path, timeout: float = 30) -> None:
 @contextlib.contextmanager
 def target(kind: str, scratch: Path) -> Iterator[Path]:
     """A fresh, empty directory of the given kind; torn down afterwards whatever happens."""
-    base = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=scratch))
+    base = Path(tempfile.mkdtemp(prefix=f"{kind.replace(' ', '-')}-", dir=scratch))
     mnt = base / "mnt"
     mnt.mkdir()
     process = None

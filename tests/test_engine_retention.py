@@ -7,14 +7,14 @@ import stat
 
 import pytest
 
+from cowfs.fs.chunks import digest_of
 from cowfs.fs.errors import StoreError
 from cowfs.fs.fsck import check
 from cowfs.fs.gc import collect_garbage
+from cowfs.fs.keys import DB_CHUNKS
 from cowfs.fs.packs import scan_pack
 from cowfs.fs.records import SnapshotRecord
 from cowfs.fs.retention import Policy, parse_duration, plan_prune, protected, remove_snapshots, set_pinned
-from cowfs.fs.chunks import digest_of
-from cowfs.fs.keys import DB_CHUNKS
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import Tree
 
