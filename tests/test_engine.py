@@ -503,6 +503,32 @@ def test_data_the_store_holds_is_not_compressed_again(store: Store, monkeypatch)
     assert tree.read(first, 0, len(text)) == text and tree.read(second, 0, len(text)) == text
 
 
+def test_the_same_bytes_are_the_same_chunks_however_they_were_written(store: Store):
+    """Deduplication is by content, not by how a program wrote it: a file written front to back
+    and the same bytes written as 4 KiB pages in random order into a sparse file of that size
+    (as a database or an mmap does) add no chunk the first did not."""
+    import random
+
+    rng = random.Random(5)
+    size = 3 * BLOCK_SIZE + 50_000
+    data = bytearray(size)
+    pages = rng.sample(range(size // 4096), 40)  # some pages hold data, the rest stay zero
+    for page in pages:
+        data[page * 4096:(page + 1) * 4096] = rng.randbytes(4096)
+    tree = Tree(store, 1)
+    new_file(tree, b"front-to-back", bytes(data))
+    tree.flush()
+    chunks = store.stats()["chunk_count"]
+    scattered = new_file(tree, b"scattered")
+    tree.setattr(scattered, size=size)
+    for page in pages:
+        tree.write(scattered, page * 4096, bytes(data[page * 4096:(page + 1) * 4096]))
+    tree.flush()
+    store.chunk_cache.clear()
+    assert tree.read(scattered, 0, size + 1) == data
+    assert store.stats()["chunk_count"] == chunks
+
+
 def test_whole_blocks_written_are_the_writers_bytes_until_changed(store: Store):
     """A whole block from an immutable write is kept as a view of it (no copy); a later write
     into part of it, a truncation or the caller reusing a mutable buffer change nothing else."""
