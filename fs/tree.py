@@ -741,7 +741,7 @@ class Tree:
                 piece = block if lo == 0 and count == len(block) else memoryview(block)[lo:lo + count]
                 pieces.append(piece)
                 if len(piece) < count:
-                    pieces.append(bytes(count - len(piece)))
+                    pieces.append(ZEROS[:count - len(piece)])
                 pos += count
             return b"".join(pieces)
 
@@ -850,7 +850,7 @@ class Tree:
         self.inflight_bytes += batch.nbytes
         self.unlisted = []
         self.dirty_blocks, self.dirty_files, self.dirty_attrs, self.dirty_bytes = {}, {}, {}, 0
-        self.dirty_written = 0
+        self.dirty_written = 0  # what writes brought counts from this batch on
         self.dirty_entries, self.dirty_orphans = {}, {}
         self.inflight.append(batch)
         return batch
