@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import struct
 import threading
@@ -56,6 +57,110 @@ def pack_in_use(path: Path) -> bool:
 
 
 RECORDS_PER_WRITE = 16  # about 2 MiB a call: much larger writes copy slower (32 MiB: 5x)
+# Whole blocks of a pack go to the disk with O_DIRECT, past the page cache. On this project's VM a
+# copy into page-cache pages the kernel has just allocated runs at 0.35-4 GB/s from one minute to
+# the next (the host backs each new page on first touch), and perf put 68% of the daemon's time
+# during a sequential write in that copy; 512 MiB written with O_DIRECT from a reused buffer took
+# 0.30-0.41 s, the same written through the page cache and fsynced 0.35-1.63 s. The packs were
+# never read from the page cache much anyway: the mount's own cache holds the file's bytes.
+DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses: a multiple of any disk's logical block
+STAGE_BYTES = 8 << 20  # records are gathered here (page-aligned memory) and written whole blocks at a time
+
+
+class _DirectStage:
+    """Gathers a pack's newest bytes in aligned memory and writes them whole blocks at a time
+    through an O_DIRECT descriptor; the last partial block goes through the page cache at a sync.
+
+    The pack file is a clean sequence of records at every sync: the partial block is written to
+    its exact length, and rewritten, longer, by the next direct write that covers it (the kernel
+    writes such a cached page back before a direct write over it, so readers never see stale
+    bytes)."""
+
+    def __init__(self, direct_fd: int, buffered_fd: int) -> None:
+        self.direct_fd = direct_fd
+        self.buffered_fd = buffered_fd
+        self.direct = True  # until the filesystem refuses a direct write it accepted at open
+        self.memory = mmap.mmap(-1, STAGE_BYTES)
+        self.start = 0  # file offset of memory[0], always a multiple of DIRECT_ALIGN
+        self.length = 0  # bytes gathered; the pack's records end at start + length
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            room = STAGE_BYTES - self.length
+            if not room:
+                self._write_blocks()
+                continue
+            taken = view[:room]
+            self.memory[self.length:self.length + len(taken)] = taken
+            self.length += len(taken)
+            view = view[len(taken):]
+
+    def write_out(self) -> None:
+        """Everything gathered is in the file (not yet durable: the caller fsyncs)."""
+        self._write_blocks()
+        if self.length:
+            with self._gathered(self.length) as tail:
+                _write_fully(self.buffered_fd, tail, self.start)
+
+    def mark(self) -> tuple[int, int, bytes]:
+        """What ``undo`` needs to forget everything added after this point: where the gathered
+        bytes start and end, and the last partial block, should a write move them on meanwhile."""
+        end = self.start + self.length
+        return self.start, self.length, bytes(self.memory[end - end % DIRECT_ALIGN - self.start:self.length])
+
+    def undo(self, mark: tuple[int, int, bytes]) -> None:
+        start, length, tail = mark
+        if self.start == start:  # nothing written since: the bytes gathered then are still here
+            self.length = length
+            return
+        # A write since then took every whole block up to the mark's end to the file.
+        self.start = start + length - len(tail)
+        self.memory[:len(tail)] = tail
+        self.length = len(tail)
+
+    def close(self) -> None:
+        os.close(self.direct_fd)
+        self.memory.close()
+
+    def _gathered(self, length: int) -> memoryview:
+        """A view of the first ``length`` bytes gathered, to use in a ``with``: a view still
+        alive (in an error's traceback, say) would stop the buffer from ever being closed."""
+        return memoryview(self.memory)[:length]
+
+    def _write_blocks(self) -> None:
+        whole = self.length - self.length % DIRECT_ALIGN
+        if not whole:
+            return
+        with self._gathered(whole) as blocks:
+            try:
+                _write_fully(self.direct_fd if self.direct else self.buffered_fd, blocks, self.start)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self.direct:
+                    raise
+                self.direct = False
+                _write_fully(self.buffered_fd, blocks, self.start)
+        kept = self.length - whole
+        self.memory[:kept] = self.memory[whole:self.length]
+        self.start += whole
+        self.length = kept
+
+
+def _write_fully(fd: int, data: memoryview, offset: int) -> None:
+    """A short write to a file means the disk filled up."""
+    if os.pwrite(fd, data, offset) != len(data):
+        raise OSError(errno.ENOSPC, "no space left on the store's disk")
+
+
+def _open_direct(path: Path) -> int | None:
+    """A second descriptor of the pack that bypasses the page cache, where the filesystem allows
+    it (older tmpfs and some FUSE filesystems refuse it: their packs go through the page cache)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return None
+        raise
 
 
 class PackWriter:
@@ -68,12 +173,14 @@ class PackWriter:
         # pack is locked under a name gc does not list and only then given its own, so gc never
         # sees it unlocked and empty (and deletes it under the writer) between open and flock.
         hidden = self.path.with_name(f".{self.path.name}.new")
-        self._fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        self._fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_SH)
         os.rename(hidden, self.path)
         # The pack's name must be durable before any index entry that names it can be.
         sync_directory(directory)
-        self.size = os.fstat(self._fd).st_size
+        self.size = 0
+        direct_fd = _open_direct(self.path)
+        self._stage = _DirectStage(direct_fd, self._fd) if direct_fd is not None else None
         self._unsynced = False
         self._lock = threading.Lock()  # the flusher's worker threads append side by side
 
@@ -96,16 +203,20 @@ class PackWriter:
             parts += [header, chunk.payload]
             locations.append(ChunkLocation(self.pack_id, offset + len(header), len(chunk.payload), chunk.raw_len))
             offset += len(header) + len(chunk.payload)
+        mark = self._stage.mark() if self._stage is not None else None
         try:
-            written = os.writev(self._fd, parts)
+            if self._stage is not None:
+                for part in parts:
+                    self._stage.add(part)
+            elif os.pwritev(self._fd, parts, self.size) != offset - self.size:
+                raise OSError(errno.ENOSPC, f"no space left for {self.path}")
         except OSError:
+            # Cut the torn records off so the pack stays a clean sequence of records for the
+            # next append and for fsck.
+            if mark is not None:
+                self._stage.undo(mark)
             os.ftruncate(self._fd, self.size)
             raise
-        if written != offset - self.size:
-            # A short write to a file means the disk filled up. Cut the torn records off so
-            # the pack stays a clean sequence of records for the next append and for fsck.
-            os.ftruncate(self._fd, self.size)
-            raise OSError(errno.ENOSPC, f"no space left for {self.path}")
         self.size = offset
         self._unsynced = True
         return locations
@@ -115,12 +226,17 @@ class PackWriter:
         return self.size >= PACK_ROTATE_BYTES
 
     def sync(self) -> None:
-        if self._unsynced:
-            os.fsync(self._fd)
-            self._unsynced = False
+        with self._lock:
+            if self._unsynced:
+                if self._stage is not None:
+                    self._stage.write_out()
+                os.fsync(self._fd)
+                self._unsynced = False
 
     def close(self) -> None:
         self.sync()
+        if self._stage is not None:
+            self._stage.close()
         os.close(self._fd)
 
 
