@@ -101,7 +101,7 @@ class _DirectStage:
         self._write_blocks()
         if self.length:
             with self._gathered(self.length) as tail:
-                _write_fully(self.buffered_fd, tail, self.start)
+                _write_fully(self.buffered_fd, [tail], self.start)
 
     def mark(self) -> tuple[int, int, bytes]:
         """What ``undo`` needs to forget everything added after this point: where the gathered
@@ -134,21 +134,21 @@ class _DirectStage:
             return
         with self._gathered(whole) as blocks:
             try:
-                _write_fully(self.direct_fd if self.direct else self.buffered_fd, blocks, self.start)
+                _write_fully(self.direct_fd if self.direct else self.buffered_fd, [blocks], self.start)
             except OSError as exc:
                 if exc.errno != errno.EINVAL or not self.direct:
                     raise
                 self.direct = False
-                _write_fully(self.buffered_fd, blocks, self.start)
+                _write_fully(self.buffered_fd, [blocks], self.start)
         kept = self.length - whole
         self.memory[:kept] = self.memory[whole:self.length]
         self.start += whole
         self.length = kept
 
 
-def _write_fully(fd: int, data: memoryview, offset: int) -> None:
+def _write_fully(fd: int, parts: list, offset: int) -> None:
     """A short write to a file means the disk filled up."""
-    if os.pwrite(fd, data, offset) != len(data):
+    if os.pwritev(fd, parts, offset) != sum(map(len, parts)):
         raise OSError(errno.ENOSPC, "no space left on the store's disk")
 
 
@@ -208,8 +208,8 @@ class PackWriter:
             if self._stage is not None:
                 for part in parts:
                     self._stage.add(part)
-            elif os.pwritev(self._fd, parts, self.size) != offset - self.size:
-                raise OSError(errno.ENOSPC, f"no space left for {self.path}")
+            else:
+                _write_fully(self._fd, parts, self.size)
         except OSError:
             # Cut the torn records off so the pack stays a clean sequence of records for the
             # next append and for fsck.

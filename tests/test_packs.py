@@ -35,10 +35,10 @@ def how(request, monkeypatch) -> str:
     elif request.param == "direct refused at the first write":
         real = packs._write_fully
 
-        def refusing(fd: int, data: memoryview, offset: int) -> None:
+        def refusing(fd: int, parts: list, offset: int) -> None:
             if is_direct(fd):
                 raise OSError(errno.EINVAL, "direct write refused")
-            real(fd, data, offset)
+            real(fd, parts, offset)
 
         monkeypatch.setattr(packs, "_write_fully", refusing)
     return request.param
@@ -80,11 +80,11 @@ def write_fails_at(monkeypatch, how: str, failing_write: int) -> None:
     if how == "direct":
         real = packs._write_fully
 
-        def filling_up(fd: int, data: memoryview, offset: int) -> None:
+        def filling_up(fd: int, parts: list, offset: int) -> None:
             calls.append(offset)
             if len(calls) == failing_write:
                 raise OSError(errno.ENOSPC, "No space left on device")
-            real(fd, data, offset)
+            real(fd, parts, offset)
 
         monkeypatch.setattr(packs, "_write_fully", filling_up)
     else:
