@@ -182,6 +182,7 @@ class PackWriter:
         direct_fd = _open_direct(self.path)
         self._stage = _DirectStage(direct_fd, self._fd) if direct_fd is not None else None
         self._unsynced = False
+        self._closed = False
         self._lock = threading.Lock()  # the flusher's worker threads append side by side
 
     def append(self, chunk: SealedChunk) -> ChunkLocation:
@@ -192,6 +193,8 @@ class PackWriter:
         often beside a busy FUSE thread, and much larger writes copy slower (on the VM measured)."""
         locations = []
         with self._lock:
+            if self._closed:  # never a write to a descriptor number that may name another file now
+                raise OSError(errno.EBADF, f"pack {self.pack_id} was closed while chunks were being appended")
             for first in range(0, len(chunks), RECORDS_PER_WRITE):
                 locations += self._append(chunks[first:first + RECORDS_PER_WRITE])
         return locations
@@ -227,17 +230,26 @@ class PackWriter:
 
     def sync(self) -> None:
         with self._lock:
-            if self._unsynced:
-                if self._stage is not None:
-                    self._stage.write_out()
-                os.fsync(self._fd)
-                self._unsynced = False
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._unsynced:
+            if self._stage is not None:
+                self._stage.write_out()
+            os.fsync(self._fd)
+            self._unsynced = False
 
     def close(self) -> None:
-        self.sync()
-        if self._stage is not None:
-            self._stage.close()
-        os.close(self._fd)
+        """Sync and close; appends that come later (a flusher thread sealing the next batch
+        ahead) fail rather than write anywhere."""
+        with self._lock:
+            if self._closed:
+                return
+            self._sync()
+            self._closed = True
+            if self._stage is not None:
+                self._stage.close()
+            os.close(self._fd)
 
 
 def record_header(digest: bytes, raw_len: int, stored_len: int) -> bytes:

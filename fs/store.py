@@ -338,6 +338,17 @@ class Store:
             self._writer.close()
             self._writer = None
 
+    @property
+    def appending_pack(self) -> int | None:
+        """The pack this process appends to now, if one is open. Pack ids are never reused:
+        the same id later means the same pack, still open and locked."""
+        return self._writer.pack_id if self._writer is not None else None
+
+    @property
+    def pack_has_room(self) -> bool:
+        """Whether workers may append now without ``ensure_pack_writer`` rotating the pack."""
+        return self._writer is not None and not self._writer.full
+
     def ensure_pack_writer(self) -> None:
         """Open (or rotate) this process's pack before worker threads append to it."""
         if self._writer is None or self._writer.full:
