@@ -37,13 +37,13 @@ async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
     store.ensure_pack_writer()
     items = list(batch.blocks.items())
     if len(items) < SEAL_SPLIT_MIN_BLOCKS:
-        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks)
+        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks, batch.hashed)
     else:
         half = math.ceil(len(items) / 2)
         parts: list[SealedBlocks] = []
 
         async def seal_part(part: list) -> None:
-            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part)))
+            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part), batch.hashed))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(seal_part, items[:half])

@@ -51,6 +51,8 @@ MAX_FILE_SIZE = 16 * 2**40
 BlockKey = tuple[int, int]
 # A dirty block: its own buffer, or a view of the immutable bytes a whole-block write brought.
 DirtyBlock = bytearray | memoryview
+# A whole-block view and its digest, taken when it was written (``Tree._share_block``).
+HashedView = tuple[memoryview, bytes]
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Batch:
     dropped: set[BlockKey] = field(default_factory=set)
     files: dict[int, set[int]] = field(default_factory=dict)  # inode -> its indexes in ``blocks``
     nbytes: int = 0  # bytes held in ``blocks``: the tree's dirty_bytes when it was taken
+    hashed: dict[BlockKey, HashedView] = field(default_factory=dict)  # digests known from the writes
 
 
 @dataclass
@@ -84,10 +87,12 @@ class SealedBlocks:
         return SealedBlocks(self.chunks | other.chunks, self.written | other.written)
 
 
-def seal_blocks(store: Store, blocks: dict[BlockKey, DirtyBlock]) -> SealedBlocks:
+def seal_blocks(store: Store, blocks: dict[BlockKey, DirtyBlock],
+                hashed: dict[BlockKey, HashedView] | None = None) -> SealedBlocks:
     """Hash, compress and append to the pack: the CPU and I/O of a flush, safe in a thread
     (the caller has called ``store.ensure_pack_writer()``). All-zero blocks become holes."""
-    digests = {key: block_digest(buf) for key, buf in blocks.items()}
+    hashed = hashed or {}
+    digests = {key: block_digest(buf, hashed.get(key)) for key, buf in blocks.items()}
     unique = {digest: blocks[key] for key, digest in digests.items() if digest is not None}
     # Chunks the store holds already are only referenced, so they are not compressed: a file
     # written again as it was (notebooks re-save data all the time) costs hashing only.
@@ -100,13 +105,15 @@ def seal_blocks(store: Store, blocks: dict[BlockKey, DirtyBlock]) -> SealedBlock
     return SealedBlocks(chunks, store.write_chunks(made))
 
 
-def block_digest(buf: DirtyBlock | None) -> bytes | None:
+def block_digest(buf: DirtyBlock | None, hashed: HashedView | None = None) -> bytes | None:
     """The block's digest, or None for a block of zeros or a truncated one (stored as a hole).
 
-    Zeros are recognised by their hash, which sealing computes anyway: no extra pass."""
+    Zeros are recognised by their hash, which sealing computes anyway: no extra pass. The digest
+    taken when the block was written is used only for that very view (immutable bytes), so a
+    block changed since can never be stored under its old name."""
     if buf is None:
         return None
-    digest = digest_of(buf)
+    digest = hashed[1] if hashed is not None and hashed[0] is buf else digest_of(buf)
     return None if digest == zero_digest(len(buf)) else digest
 
 
@@ -151,6 +158,7 @@ class Tree:
         with store.index.reading() as txn:
             self.view = store.view(txn, branch_id, epoch)
         self.dirty_blocks: dict[BlockKey, DirtyBlock | None] = {}
+        self.dirty_hashed: dict[BlockKey, HashedView] = {}  # of whole-block views in dirty_blocks
         # The keys of dirty_blocks by inode: deleting or truncating a file looks at its own
         # blocks, not at every dirty block (a scan per unlink made rm -rf after a build quadratic).
         self.dirty_files: dict[int, set[int]] = {}
@@ -691,6 +699,7 @@ class Tree:
             self.dirty_bytes += len(buf)
         elif not isinstance(buf, bytearray):  # a view of a write's bytes (``_share_block``)
             buf = self.dirty_blocks[key] = bytearray(buf)
+            self.dirty_hashed.pop(key, None)
         return buf
 
     def _share_block(self, key: BlockKey, block: memoryview) -> None:
@@ -701,15 +710,21 @@ class Tree:
         old = self.dirty_blocks.get(key)
         self.dirty_bytes += len(block) - (len(old) if old is not None else 0)
         self._set_dirty_block(key, block)
+        # Hashed here, on the FUSE thread (blake3 lets go of the GIL): in the sealing threads
+        # each block's hash had to win the GIL back from a busy FUSE thread, and a 64 MiB batch
+        # of such blocks took them 50-330 ms of hashing instead of ~15 (session 18).
+        self.dirty_hashed[key] = (block, digest_of(block))
 
     def _set_dirty_block(self, key: BlockKey, buf: DirtyBlock | None) -> None:
         self.dirty_blocks[key] = buf
+        self.dirty_hashed.pop(key, None)
         self.dirty_files.setdefault(key[0], set()).add(key[1])
 
     def _drop_dirty_block(self, key: BlockKey) -> None:
         if key not in self.dirty_blocks:
             return
         buf = self.dirty_blocks.pop(key)
+        self.dirty_hashed.pop(key, None)
         if buf is not None:
             self.dirty_bytes -= len(buf)
         indexes = self.dirty_files[key[0]]
@@ -846,7 +861,9 @@ class Tree:
         if not self.has_dirty and snapshot_id is None:
             return None
         batch = Batch(self.head, self.dirty_blocks, self.dirty_attrs, self.dirty_entries, self.dirty_orphans,
-                      snapshot_id, self.unlisted, files=self.dirty_files, nbytes=self.dirty_bytes)
+                      snapshot_id, self.unlisted, files=self.dirty_files, nbytes=self.dirty_bytes,
+                      hashed=self.dirty_hashed)
+        self.dirty_hashed = {}
         self.inflight_bytes += batch.nbytes
         self.unlisted = []
         self.dirty_blocks, self.dirty_files, self.dirty_attrs, self.dirty_bytes = {}, {}, {}, 0
@@ -858,7 +875,7 @@ class Tree:
     def seal(self, batch: Batch) -> SealedBlocks:
         """``seal_blocks`` for a whole batch, in this thread."""
         self.store.ensure_pack_writer()
-        return seal_blocks(self.store, batch.blocks)
+        return seal_blocks(self.store, batch.blocks, batch.hashed)
 
     def commit_batch(self, batch: Batch, sealed: SealedBlocks) -> int:
         """Store a sealed batch at its own epoch; returns the compressed bytes it added.

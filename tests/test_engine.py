@@ -530,8 +530,10 @@ def test_the_same_bytes_are_the_same_chunks_however_they_were_written(store: Sto
 
 
 def test_whole_blocks_written_are_the_writers_bytes_until_changed(store: Store):
-    """A whole block from an immutable write is kept as a view of it (no copy); a later write
-    into part of it, a truncation or the caller reusing a mutable buffer change nothing else."""
+    """A whole block from an immutable write is kept as a view of it (no copy) and hashed as it
+    comes; a later write into part of it, a whole block written over it, a truncation or the
+    caller reusing a mutable buffer change nothing else, and each block is stored under the
+    digest of what it holds when sealed, not of what was first written."""
     tree = Tree(store, 1)
     ino = new_file(tree, b"f")
     reused = bytearray(os.urandom(2 * BLOCK_SIZE))
@@ -543,8 +545,12 @@ def test_whole_blocks_written_are_the_writers_bytes_until_changed(store: Store):
     tree.write(ino, 0, data)
     tree.write(ino, BLOCK_SIZE + 100, b"x" * 10)
     tree.setattr(ino, size=2 * BLOCK_SIZE + 7)
-    expected = data[:BLOCK_SIZE + 100] + b"x" * 10 + data[BLOCK_SIZE + 110:2 * BLOCK_SIZE + 7]
+    replaced = os.urandom(BLOCK_SIZE)
+    tree.write(ino, 0, replaced)
+    expected = replaced + data[BLOCK_SIZE:BLOCK_SIZE + 100] + b"x" * 10 + data[BLOCK_SIZE + 110:2 * BLOCK_SIZE + 7]
     assert tree.read(ino, 0, 3 * BLOCK_SIZE) == expected
     tree.flush()
     store.chunk_cache.clear()
     assert tree.read(ino, 0, 3 * BLOCK_SIZE) == expected
+    stored = {int.from_bytes(name, "big"): digest for name, digest in tree.block_digests(ino).items()}
+    assert stored == {index: digest_of(expected[index * BLOCK_SIZE:(index + 1) * BLOCK_SIZE]) for index in range(3)}
