@@ -49,9 +49,29 @@ T = TypeVar("T")
 # As ext4 with 4 KiB blocks: a size beyond it is a mistake (truncate(2**62)), not a file.
 MAX_FILE_SIZE = 16 * 2**40
 BlockKey = tuple[int, int]
-# A dirty block: its own buffer, or a view of the immutable bytes a whole-block write brought.
-DirtyBlock = bytearray | memoryview
-# A whole-block view and its digest, taken when it was written (``Tree._share_block``).
+
+class Seam:
+    """A block made of the end of one write request and the start of the next, kept as the two
+    views until something needs it whole (sealing, on its worker thread, or a later write or
+    read). The kernel's writeback sends 1 MiB requests that mostly start and end inside a block
+    (851 of 1,024 in a 512 MiB write), and joining the two parts on the FUSE thread cost it a
+    fresh 128 KiB buffer, its page faults and two copies per request."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, first: memoryview, rest: memoryview) -> None:
+        self.parts = (first, rest)
+
+    def __len__(self) -> int:
+        return len(self.parts[0]) + len(self.parts[1])
+
+    def joined(self) -> bytes:
+        return b"".join(self.parts)
+
+
+# A dirty block: its own buffer, a view of the immutable bytes a write brought, or two of them.
+DirtyBlock = bytearray | memoryview | Seam
+# A whole-block view and its digest, taken when it was written (``Tree._share_piece``).
 HashedView = tuple[memoryview, bytes]
 
 
@@ -92,6 +112,7 @@ def seal_blocks(store: Store, blocks: dict[BlockKey, DirtyBlock],
     """Hash, compress and append to the pack: the CPU and I/O of a flush, safe in a thread
     (the caller has called ``store.ensure_pack_writer()``). All-zero blocks become holes."""
     hashed = hashed or {}
+    blocks = {key: buf.joined() if isinstance(buf, Seam) else buf for key, buf in blocks.items()}
     digests = {key: block_digest(buf, hashed.get(key)) for key, buf in blocks.items()}
     unique = {digest: blocks[key] for key, digest in digests.items() if digest is not None}
     # Chunks the store holds already are only referenced, so they are not compressed: a file
@@ -677,7 +698,7 @@ class Tree:
                 if digest is not None:
                     wanted[len(blocks)] = digest
                 pending = None
-            blocks.append(pending)
+            blocks.append(pending.joined() if isinstance(pending, Seam) else pending)
         if wanted:
             try:
                 chunks = self.store.read_chunks(txn, list(wanted.values()))
@@ -697,23 +718,37 @@ class Tree:
             buf = bytearray(base) if base else bytearray()
             self._set_dirty_block(key, buf)
             self.dirty_bytes += len(buf)
-        elif not isinstance(buf, bytearray):  # a view of a write's bytes (``_share_block``)
-            buf = self.dirty_blocks[key] = bytearray(buf)
+        elif not isinstance(buf, bytearray):  # views of a write's bytes (``_share_piece``)
+            buf = self.dirty_blocks[key] = bytearray().join(buf.parts) if isinstance(buf, Seam) else bytearray(buf)
             self.dirty_hashed.pop(key, None)
         return buf
 
-    def _share_block(self, key: BlockKey, block: memoryview) -> None:
-        """Make a whole block written from an immutable ``bytes`` a view of it, not a copy: a
-        sequential write then costs one pass over its data less before sealing (A/B, 512 MiB
-        written and fsynced: random bytes 208 -> 294 MB/s, text 327 -> 384). The view keeps the
-        whole request alive (the kernel writes at most 1 MiB at once) until its batch commits."""
+    def _share_piece(self, key: BlockKey, lo: int, piece: memoryview, reaches_end: bool) -> bool:
+        """Keep a piece of an immutable write without a copy where it makes up the block: a whole
+        block; the start of a block up to the file's end (the next request often goes on from
+        there); or the rest of a block that such a start began, kept beside it as a ``Seam``."""
+        if lo == 0 and (len(piece) == BLOCK_SIZE or reaches_end):
+            self._share_block(key, piece)
+            if len(piece) == BLOCK_SIZE:
+                # Hashed here, on the FUSE thread (blake3 lets go of the GIL): in the sealing
+                # threads each block's hash had to win the GIL back from a busy FUSE thread, and
+                # a 64 MiB batch of such blocks took them 50-330 ms of hashing instead of ~15.
+                self.dirty_hashed[key] = (piece, digest_of(piece))
+            return True
+        first = self.dirty_blocks.get(key)
+        if type(first) is memoryview and len(first) == lo and lo + len(piece) == BLOCK_SIZE:
+            self._share_block(key, Seam(first, piece))
+            return True
+        return False
+
+    def _share_block(self, key: BlockKey, block: memoryview | Seam) -> None:
+        """Make a block written from immutable ``bytes`` views of them, not a copy: a sequential
+        write then costs one pass over its data less before sealing (A/B, 512 MiB written and
+        fsynced: random bytes 208 -> 294 MB/s, text 327 -> 384). The views keep the requests
+        alive (the kernel writes at most 1 MiB at once) until their batch commits."""
         old = self.dirty_blocks.get(key)
         self.dirty_bytes += len(block) - (len(old) if old is not None else 0)
         self._set_dirty_block(key, block)
-        # Hashed here, on the FUSE thread (blake3 lets go of the GIL): in the sealing threads
-        # each block's hash had to win the GIL back from a busy FUSE thread, and a 64 MiB batch
-        # of such blocks took them 50-330 ms of hashing instead of ~15 (session 18).
-        self.dirty_hashed[key] = (block, digest_of(block))
 
     def _set_dirty_block(self, key: BlockKey, buf: DirtyBlock | None) -> None:
         self.dirty_blocks[key] = buf
@@ -774,8 +809,8 @@ class Tree:
             while pos < end:
                 index, lo = divmod(pos, BLOCK_SIZE)
                 count = min(BLOCK_SIZE - lo, end - pos)
-                if shareable and count == BLOCK_SIZE:
-                    self._share_block((ino, index), view[pos - offset:pos - offset + count])
+                if shareable and self._share_piece((ino, index), lo, view[pos - offset:pos - offset + count],
+                                                   reaches_end=attrs.size <= end):
                     pos += count
                     continue
                 buf = self._dirty_block(txn, ino, index, whole=(lo == 0 and count == BLOCK_SIZE))

@@ -21,7 +21,7 @@ from cowfs.fs.chunks import digest_of, unseal
 from cowfs.fs.packs import scan_pack
 from cowfs.fs.parallel import HELPERS, map_shared
 from cowfs.fs.store import FORMAT, ROOT_INODE, Store
-from cowfs.fs.tree import BLOCK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE, Tree
+from cowfs.fs.tree import BLOCK_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE, Seam, Tree
 
 FILE = stat.S_IFREG | 0o644
 DIR = stat.S_IFDIR | 0o755
@@ -554,3 +554,49 @@ def test_whole_blocks_written_are_the_writers_bytes_until_changed(store: Store):
     assert tree.read(ino, 0, 3 * BLOCK_SIZE) == expected
     stored = {int.from_bytes(name, "big"): digest for name, digest in tree.block_digests(ino).items()}
     assert stored == {index: digest_of(expected[index * BLOCK_SIZE:(index + 1) * BLOCK_SIZE]) for index in range(3)}
+
+
+def test_writes_that_meet_inside_blocks_read_and_store_as_written(store: Store):
+    """The kernel writes a file back in 1 MiB requests that mostly start and end inside a block.
+    Where one request ends and the next goes on, the block is kept as the two requests' views
+    (a ``Seam``) until sealing joins them; reads before and after a flush, a write into part of
+    such a block, a truncation through one and a write over one whole all see the bytes written,
+    and each block is stored under the digest of what it holds."""
+    tree = Tree(store, 1)
+    ino = new_file(tree, b"frame.csv")
+    data = os.urandom(4 * (1 << 20) + 5000)
+    offset = 0
+    for length in (1 << 20) - 64 * 1024, 1 << 20, 1 << 20, 1 << 20, len(data) - 4 * (1 << 20) + 64 * 1024:
+        tree.write(ino, offset, data[offset:offset + length])  # bytes, as pyfuse3 hands them over
+        offset += length
+    seams = [index for (owner, index), buf in tree.dirty_blocks.items() if owner == ino and isinstance(buf, Seam)]
+    assert seams, "no block was kept as two views: the case under test did not happen"
+    expected = bytearray(data)
+    assert tree.read(ino, 0, len(data) + 10) == expected
+    seam = seams[0] * BLOCK_SIZE
+    tree.write(ino, seam + 10, b"patch")  # into part of a seam: it becomes a buffer of its own
+    expected[seam + 10:seam + 15] = b"patch"
+    other = seams[1] * BLOCK_SIZE
+    tree.write(ino, other, bytes(BLOCK_SIZE - 1) + b"z")  # a whole block over another
+    expected[other:other + BLOCK_SIZE] = bytes(BLOCK_SIZE - 1) + b"z"
+    end = seams[-1] * BLOCK_SIZE + 100  # a truncation through the last
+    tree.setattr(ino, size=end)
+    del expected[end:]
+    assert tree.read(ino, 0, len(data)) == expected
+    assert isinstance(tree.dirty_blocks[(ino, seams[2])], Seam)  # one is left for sealing to join
+    tree.flush()
+    store.chunk_cache.clear()
+    assert tree.read(ino, 0, len(data)) == expected
+    stored = {int.from_bytes(name, "big"): digest for name, digest in tree.block_digests(ino).items()}
+    blocks = -(-len(expected) // BLOCK_SIZE)
+    assert stored == {index: digest_of(bytes(expected[index * BLOCK_SIZE:(index + 1) * BLOCK_SIZE]))
+                      for index in range(blocks)}
+    gap = new_file(tree, b"gap.bin")  # a start kept as a view, then the block's end past a gap
+    head, tail = os.urandom(64 * 1024), os.urandom(28 * 1024)
+    tree.write(gap, 0, head)
+    tree.write(gap, BLOCK_SIZE - len(tail), tail)
+    whole = head + bytes(BLOCK_SIZE - len(head) - len(tail)) + tail
+    assert tree.read(gap, 0, 2 * BLOCK_SIZE) == whole
+    tree.flush()
+    store.chunk_cache.clear()
+    assert tree.read(gap, 0, 2 * BLOCK_SIZE) == whole
