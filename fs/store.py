@@ -325,7 +325,7 @@ class Store:
     # -- chunks ------------------------------------------------------------------------------
     def pack_writer(self, txn: lmdb.Transaction) -> PackWriter:
         """This process's pack; a new pack id is taken inside the caller's transaction."""
-        if self._writer is None or self._writer.full:
+        if not self.pack_has_room:
             if self._writer is not None:
                 self._writer.close()
             pack_id = self._take(txn, b"next_pack")
@@ -351,7 +351,7 @@ class Store:
 
     def ensure_pack_writer(self) -> None:
         """Open (or rotate) this process's pack before worker threads append to it."""
-        if self._writer is None or self._writer.full:
+        if not self.pack_has_room:
             self.index.write(self.pack_writer)
 
     def write_chunks(self, sealed: list[SealedChunk]) -> dict[bytes, ChunkLocation]:

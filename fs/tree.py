@@ -719,8 +719,8 @@ class Tree:
             self._set_dirty_block(key, buf)
             self.dirty_bytes += len(buf)
         elif not isinstance(buf, bytearray):  # views of a write's bytes (``_share_piece``)
-            buf = self.dirty_blocks[key] = bytearray().join(buf.parts) if isinstance(buf, Seam) else bytearray(buf)
-            self.dirty_hashed.pop(key, None)
+            buf = bytearray().join(buf.parts) if isinstance(buf, Seam) else bytearray(buf)
+            self._set_dirty_block(key, buf)  # which forgets the digest taken of the view
         return buf
 
     def _share_piece(self, key: BlockKey, lo: int, piece: memoryview, reaches_end: bool) -> bool:
