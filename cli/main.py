@@ -508,6 +508,7 @@ def status(context: Context, as_json: bool) -> None:
                          for b in branches],
             "snapshots": snapshot_count,
             "needs_fsck": (store.path / NEEDS_FSCK).exists(),
+            "uncompressed_packs": len(store.uncompressed_packs()),
             **stats,
             "dedup_ratio": round(stats["logical_bytes"] / stats["chunk_raw_bytes"], 3)
             if stats["chunk_raw_bytes"] else 1.0,
@@ -526,6 +527,9 @@ def status(context: Context, as_json: bool) -> None:
     click.echo(f"data       {human_size(stats['logical_bytes'])} written, {human_size(stats['chunk_raw_bytes'])} "
                f"unique, {human_size(stats['chunk_stored_bytes'])} stored (dedup x{document['dedup_ratio']}, "
                f"compression x{document['compression_ratio']})")
+    if document["uncompressed_packs"]:
+        click.echo(f"pending    {document['uncompressed_packs']} packs written raw to keep up; compressed once "
+                   "their mount is idle, or by `cowfs gc`")
     click.echo("mounts")
     for mount in live:
         elsewhere = f"  (store {mount['store']})" if mount.get("store", document["store"]) != document["store"] else ""
@@ -687,6 +691,7 @@ def gc(context: Context, as_json: bool) -> None:
     for problem in report.problems:
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"removed {report.versions_removed} record versions and {report.chunks_removed} chunks, "
+               f"compressed {report.packs_compressed} packs written raw, "
                f"rewrote {report.packs_rewritten} packs, deleted {report.packs_deleted}: "
                f"{human_size(report.bytes_before)} -> {human_size(report.bytes_after)}")
 

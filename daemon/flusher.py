@@ -30,20 +30,24 @@ DIRTY_FLUSH_BYTES = 64 << 20  # start a background flush once writes brought thi
 DIRTY_MEMORY_BYTES = 256 << 20
 INFLIGHT_LIMIT_BYTES = 256 << 20  # writers wait while this much is being flushed
 SEAL_SPLIT_MIN_BLOCKS = 8
+# Dirty data behind a batch at or above which the batch is stored raw and compressed later, when
+# the daemon is idle (fs/recompress.py): on two cores zstd would otherwise set the write speed.
+BEHIND_BYTES = 16 << 20
+WAITED_FOR_BYTES = 4 << 20  # a batch someone waits for (fsync, a throttled writer) above this size
 
 
-async def seal_in_threads(store: Store, batch: Batch) -> SealedBlocks:
+async def seal_in_threads(store: Store, batch: Batch, compress: bool = True) -> SealedBlocks:
     """Seal a batch in two worker threads: blake3, zstd and the pack writes all release the GIL."""
     store.ensure_pack_writer()
     items = list(batch.blocks.items())
     if len(items) < SEAL_SPLIT_MIN_BLOCKS:
-        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks, batch.hashed)
+        sealed = await trio.to_thread.run_sync(seal_blocks, store, batch.blocks, batch.hashed, compress)
     else:
         half = math.ceil(len(items) / 2)
         parts: list[SealedBlocks] = []
 
         async def seal_part(part: list) -> None:
-            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part), batch.hashed))
+            parts.append(await trio.to_thread.run_sync(seal_blocks, store, dict(part), batch.hashed, compress))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(seal_part, items[:half])
@@ -90,6 +94,7 @@ class Flusher:
         self._committed_since_trim = False  # freed block buffers the heap may still hold
         self._pack_io = trio.Lock()  # held while threads append to or fsync this daemon's pack
         self._ahead: _SealAhead | None = None
+        self._waiters = 0  # tasks in a hurry for a commit (fsync, throttled writers, snapshots)
         self._nursery: trio.Nursery | None = None
         self.failure: BaseException | None = None
 
@@ -111,13 +116,14 @@ class Flusher:
         code = error_code(self.failure) or errno.EIO
         return OSError(code, f"flushing to the store failed: {self.failure}")
 
-    async def wait_committed(self, sequence: int) -> None:
+    async def wait_committed(self, sequence: int, hurry: bool = True) -> None:
         """Wait for a batch, and for the sync that makes the snapshots it lists durable; raise
         if an attempt to commit fails while we wait.
 
         A failing store is retried with backoff; a new waiter cuts the backoff short, so
-        fsync after the disk has room again succeeds at once instead of reporting old news."""
-        await self._wait_for(lambda: self._committed >= sequence)
+        fsync after the disk has room again succeeds at once instead of reporting old news.
+        Someone who ``hurry``s (anyone but the timer) has large batches stored raw meanwhile."""
+        await self._wait_for(lambda: self._committed >= sequence, hurry)
 
     async def wait_listed(self, sequence: int) -> None:
         """Wait until a batch is in the index: the snapshots it carries are listed, not yet synced."""
@@ -130,18 +136,22 @@ class Flusher:
             self.kick()
         await self.wait_listed(self._taken_with_records)
 
-    async def _wait_for(self, reached) -> None:
+    async def _wait_for(self, reached, hurry: bool = True) -> None:
         failures_at_start = self._failures
         if self.failure is not None:
             self._retry_now.set()
-        while not reached():
-            await self._changed.wait()
-            if self._failures > failures_at_start:
-                raise self._failure_error()
+        self._waiters += hurry
+        try:
+            while not reached():
+                await self._changed.wait()
+                if self._failures > failures_at_start:
+                    raise self._failure_error()
+        finally:
+            self._waiters -= hurry
 
-    async def flush(self, durable: bool) -> None:
+    async def flush(self, durable: bool, hurry: bool = True) -> None:
         """Everything written so far is in the store (and on disk when ``durable``)."""
-        await self.wait_committed(self.kick())
+        await self.wait_committed(self.kick(), hurry)
         if durable:
             await self._sync_store()
 
@@ -203,6 +213,35 @@ class Flusher:
         async with self._pack_io:
             await trio.to_thread.run_sync(self.tree.store.sync)
 
+    async def in_pack_thread(self, action, *args):
+        """Run ``action`` in a worker thread while no batch appends to or rotates the pack (the
+        recompressor's moves; a seal ahead may still run after the group that started it)."""
+        async with self._pack_io:
+            if self._ahead is not None:
+                await self._ahead.done.wait()
+            return await trio.to_thread.run_sync(action, *args)
+
+    def _compress_now(self, batch: Batch) -> bool:
+        """Whether to compress a batch as it is sealed, or store it raw and compress it when idle:
+        raw when another batch is queued behind it, much is dirty behind it, or someone waits
+        for a large one. Always compressed after a failure: a disk that filled up gets the
+        smaller form when the commit is tried again."""
+        if self.failure is not None:
+            return True
+        inflight = self.tree.inflight
+        behind = bool(inflight) and inflight[-1] is not batch
+        return not (behind or self.tree.dirty_bytes >= BEHIND_BYTES
+                    or (self._waiters > 0 and batch.nbytes >= WAITED_FOR_BYTES))
+
+    @property
+    def busy(self) -> bool:
+        """Data is waiting to be flushed or being flushed."""
+        return self.tree.has_dirty or bool(self.tree.inflight)
+
+    @property
+    def batches_taken(self) -> int:
+        return self._taken
+
     async def _commit(self, batch: Batch) -> None:
         sealed = await self._sealed(batch)
         following = self.tree.inflight[1] if len(self.tree.inflight) > 1 else None
@@ -224,11 +263,11 @@ class Flusher:
             await ahead.done.wait()  # never two seals at once: a new one may rotate the pack
             if ahead.batch is batch and ahead.sealed is not None and self.tree.store.appending_pack == ahead.pack:
                 return ahead.sealed
-        return await seal_in_threads(self.tree.store, batch)
+        return await seal_in_threads(self.tree.store, batch, self._compress_now(batch))
 
     async def _seal_ahead(self, ahead: _SealAhead) -> None:
         try:
-            ahead.sealed = await seal_in_threads(self.tree.store, ahead.batch)
+            ahead.sealed = await seal_in_threads(self.tree.store, ahead.batch, self._compress_now(ahead.batch))
         except Exception as exc:  # sealed again in its own turn, which reports what still fails
             log.info("sealing epoch %s ahead failed: %s", ahead.batch.epoch, exc)
         finally:
@@ -264,7 +303,7 @@ class Flusher:
         while True:
             await trio.sleep(interval)
             if self.tree.has_dirty:
-                await self.flush(durable=True)
+                await self.flush(durable=True, hurry=False)
             else:
                 await self._sync_store()
                 if self._committed_since_trim and not self.tree.inflight:

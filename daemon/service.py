@@ -21,6 +21,7 @@ from cowfs.daemon.addresses import mount_of
 from cowfs.daemon.changes import ChangedPaths
 from cowfs.daemon.control import RequestError
 from cowfs.daemon.flusher import Flusher
+from cowfs.daemon.recompressor import Recompressor
 from cowfs.daemon.remote_reads import RemoteReads
 from cowfs.fs.records import BranchRecord
 from cowfs.fs.store import Store, describe
@@ -157,6 +158,8 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.flusher.run)
             nursery.start_soon(self.flusher.run_timer)
+            if not self.store.readonly:
+                nursery.start_soon(Recompressor(self.flusher).run)
             await nursery.start(control.serve, self.socket_path, self.handle)
             if self.remote_reads is not None:
                 await nursery.start(self.remote_reads.run)

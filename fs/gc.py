@@ -21,17 +21,16 @@ from itertools import groupby
 
 import lmdb
 
-from cowfs.fs.chunks import SealedChunk
 from cowfs.fs.errors import CorruptChunkError
 from cowfs.fs.keys import (DB_BLOCKS, DB_CHUNKS, DB_META, DB_RECENT_REFS, EPOCH_BYTES, U32, U64,
                            VERSIONED_DBS, epoch_of)
-from cowfs.fs.packs import pack_in_use
+from cowfs.fs.packs import PackMissingError, pack_in_use
 from cowfs.fs.progress import Progress, silent
 from cowfs.fs.records import ChunkLocation
-from cowfs.fs.store import Store, unseal_stored
+from cowfs.fs.recompress import REWRITE_BELOW_LIVE_RATIO, PackBusy, compress_pack, relocate, resealed
+from cowfs.fs.store import Store, bump_stat
 
 DELETE_BATCH = 2000
-REWRITE_BELOW_LIVE_RATIO = 0.5
 
 
 @dataclass
@@ -40,6 +39,7 @@ class GcReport:
     chunks_removed: int = 0
     packs_rewritten: int = 0
     packs_deleted: int = 0
+    packs_compressed: int = 0  # packs of chunks a daemon stored raw to keep up (fs/recompress.py)
     bytes_before: int = 0
     bytes_after: int = 0
     problems: list[str] = field(default_factory=list)
@@ -104,11 +104,6 @@ def collect_versions(store: Store) -> int:
     return removed
 
 
-def _bump_stat(txn: lmdb.Transaction, meta, name: bytes, delta: int) -> None:
-    raw = txn.get(name, db=meta)
-    txn.put(name, U64.pack(max(0, (U64.unpack(raw)[0] if raw else 0) + delta)), db=meta)
-
-
 def collect_chunks(store: Store) -> int:
     meta, chunks, refs = (store.index.db(n) for n in (DB_META, DB_CHUNKS, DB_RECENT_REFS))
 
@@ -135,9 +130,9 @@ def collect_chunks(store: Store) -> int:
                     continue  # re-used by a commit while we scanned
                 if txn.delete(digest, db=chunks):
                     removed += 1
-                    _bump_stat(txn, meta, b"chunk_count", -1)
-                    _bump_stat(txn, meta, b"chunk_raw_bytes", -location.raw_len)
-                    _bump_stat(txn, meta, b"chunk_stored_bytes", -location.stored_len)
+                    bump_stat(txn, meta, b"chunk_count", -1)
+                    bump_stat(txn, meta, b"chunk_raw_bytes", -location.raw_len)
+                    bump_stat(txn, meta, b"chunk_stored_bytes", -location.stored_len)
             return removed
 
         return store.index.write(delete)
@@ -170,37 +165,42 @@ def rewrite_packs(store: Store, report: GcReport, progress: Progress = silent) -
             continue
         if entries and not _move_chunks(store, entries, report):
             continue
-        path.unlink()
+        path.unlink(missing_ok=True)  # a daemon that locked it after we listed it may have moved it too
         store.packs.forget(pack_id)
         report.packs_deleted += 1
 
 
 def _move_chunks(store: Store, entries: list[tuple[bytes, ChunkLocation]], report: GcReport) -> bool:
-    moved: list[tuple[bytes, ChunkLocation, SealedChunk]] = []
-    for digest, location in entries:
-        payload = store.packs.read(location)
-        try:
-            unseal_stored(digest, payload, location)
-        except CorruptChunkError as exc:
-            report.problems.append(f"{exc}; pack {location.pack} kept for `cowfs fsck`")
-            return False
-        moved.append((digest, location, SealedChunk(digest, payload, location.raw_len)))
-
-    def switch(txn: lmdb.Transaction) -> None:
-        writer = store.pack_writer(txn)
-        chunks = store.index.db(DB_CHUNKS)
-        for digest, old, chunk in moved:
-            new = writer.append(chunk)
-            raw = txn.get(digest, db=chunks)
-            if raw is not None and ChunkLocation.decode(raw) == old:
-                txn.put(digest, new.encode(), db=chunks)
-        store.sync_packs()
-
-    store.index.write(switch)
+    try:
+        moving = resealed(entries, store.packs.read)
+    except PackMissingError:
+        return False  # a daemon compressing it moved its chunks and deleted it
+    except CorruptChunkError as exc:
+        report.problems.append(f"{exc}; pack {entries[0][1].pack} kept for `cowfs fsck`")
+        return False
+    relocate(store, moving)
     store.sync()
     store.close_pack()
     report.packs_rewritten += 1
     return True
+
+
+def compress_packs(store: Store, report: GcReport, progress: Progress = silent) -> None:
+    """Compress the packs daemons filled raw and have not compressed yet (a daemon stopped
+    before it was idle long enough leaves them); a pack someone holds is theirs to finish."""
+    store.close_pack()  # our own pack may be one of them
+    pending = store.uncompressed_packs()
+    for done, pack_id in enumerate(pending):
+        progress("compressing packs", done, len(pending))
+        try:
+            compress_pack(store, pack_id)
+        except PackBusy:
+            continue
+        except CorruptChunkError as exc:
+            report.problems.append(f"{exc}; pack {pack_id} kept for `cowfs fsck`")
+            continue
+        report.packs_compressed += 1
+    store.close_pack()
 
 
 def collect_garbage(store: Store, progress: Progress = silent) -> GcReport:
@@ -209,6 +209,7 @@ def collect_garbage(store: Store, progress: Progress = silent) -> GcReport:
     report.versions_removed = collect_versions(store)
     progress("collecting unreferenced chunks", 0, 0)
     report.chunks_removed = collect_chunks(store)
+    compress_packs(store, report, progress)
     rewrite_packs(store, report, progress)
     store.sync()
     report.bytes_after = store_bytes(store)

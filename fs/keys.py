@@ -48,12 +48,16 @@ DB_ORPHANS = b"orphans"
 # chunk hash -> RemoteChunk: chunks of a lazily mounted remote snapshot that this store does not
 # hold; they are read through the bounded cache under remote-cache/<remote>/chunks/.
 DB_REMOTE_CHUNKS = b"remote_chunks"
+# pack id u32 -> empty: packs the flusher appended chunks to uncompressed because more data was
+# waiting behind them; a daemon compresses them when idle, `cowfs gc` when it runs (fs/recompress.py).
+DB_UNCOMPRESSED_PACKS = b"uncompressed_packs"
 VERSIONED_DBS = (DB_INODES, DB_DIRENTS, DB_XATTRS, DB_BLOCKS)
 ALL_DBS = (DB_META, DB_BRANCHES, DB_BRANCH_NAMES, DB_SNAPSHOTS, DB_INODES, DB_DIRENTS,
-           DB_XATTRS, DB_BLOCKS, DB_CHUNKS, DB_RECENT_REFS, DB_ORPHANS, DB_REMOTE_CHUNKS)
+           DB_XATTRS, DB_BLOCKS, DB_CHUNKS, DB_RECENT_REFS, DB_ORPHANS, DB_REMOTE_CHUNKS,
+           DB_UNCOMPRESSED_PACKS)
 # Tables newer versions added: a store opened read-only may not have them yet (they are made at
 # the first writable open), and then reads as if they were empty.
-OPTIONAL_DBS = (DB_REMOTE_CHUNKS,)
+OPTIONAL_DBS = (DB_REMOTE_CHUNKS, DB_UNCOMPRESSED_PACKS)
 
 
 def inverted(epoch: int) -> bytes:

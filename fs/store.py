@@ -24,7 +24,8 @@ from cowfs.fs.chunks import SealedChunk, unseal
 from cowfs.fs.errors import CorruptChunkError, RemoteChunkNeeded, StoreError
 from cowfs.fs.index import Index
 from cowfs.fs.keys import (DB_BRANCH_NAMES, DB_BRANCHES, DB_CHUNKS, DB_INODES, DB_META,
-                           DB_RECENT_REFS, DB_REMOTE_CHUNKS, DB_SNAPSHOTS, U32, U64)
+                           DB_RECENT_REFS, DB_REMOTE_CHUNKS, DB_SNAPSHOTS, DB_UNCOMPRESSED_PACKS,
+                           U32, U64)
 from cowfs.fs.packs import PackMissingError, PackReader, PackWriter, sync_directory
 from cowfs.fs.parallel import map_shared
 from cowfs.fs.records import (BranchRecord, ChunkLocation, InodeAttrs, RemoteChunk, SnapshotRecord,
@@ -55,6 +56,11 @@ def _get_u64(txn: lmdb.Transaction, db, name: bytes, default: int = 0) -> int:
     return U64.unpack(raw)[0] if raw else default
 
 
+def bump_stat(txn: lmdb.Transaction, meta, name: bytes, delta: int) -> None:
+    """Add ``delta`` to one of the store's statistics (never below zero)."""
+    txn.put(name, U64.pack(max(0, _get_u64(txn, meta, name) + delta)), db=meta)
+
+
 class Store:
     """An open store. One per process; it may be shared by several trees of that process."""
 
@@ -64,6 +70,7 @@ class Store:
         self.readonly = readonly
         self.packs = PackReader(path / "packs")
         self.chunk_cache: ByteLRU[bytes] = ByteLRU(64 << 20)
+        self.pack_reads = 0  # reads that went to the packs: the recompressor waits while they come
         self._writer: PackWriter | None = None
         self.remote_cache_limit = DEFAULT_LIMIT
         self._remote_caches: dict[str, ChunkCache] = {}
@@ -361,8 +368,29 @@ class Store:
         Only the transaction that indexes them makes them part of the store; until then they
         are unreferenced bytes (a crash leaves them for gc). One that another commit indexed
         meanwhile is indexed once (``add_chunks``); its bytes here are left for gc."""
+        return dict(zip((chunk.digest for chunk in sealed), self.append_chunks(sealed)))
+
+    def append_chunks(self, chunks: list[SealedChunk]) -> list[ChunkLocation]:
+        """Append to this process's pack as they are; safe in a worker thread."""
         assert self._writer is not None, "call ensure_pack_writer first"
-        return dict(zip((chunk.digest for chunk in sealed), self._writer.append_many(sealed)))
+        return self._writer.append_many(chunks)
+
+    def note_uncompressed(self, txn: lmdb.Transaction, packs: Iterable[int]) -> None:
+        """Record packs that hold chunks stored raw only to keep up, for fs/recompress.py."""
+        table = self.index.db(DB_UNCOMPRESSED_PACKS)
+        for pack in packs:
+            txn.put(U32.pack(pack), b"", db=table)
+
+    def uncompressed_packs(self) -> list[int]:
+        table = self.index.dbs.get(DB_UNCOMPRESSED_PACKS)
+        if table is None:
+            return []
+        with self.index.reading() as txn:
+            return [U32.unpack(key)[0] for key, _ in txn.cursor(db=table)]
+
+    def forget_uncompressed(self, pack_id: int) -> None:
+        table = self.index.db(DB_UNCOMPRESSED_PACKS)
+        self.index.write(lambda txn: txn.delete(U32.pack(pack_id), db=table))
 
     def add_chunks(self, txn: lmdb.Transaction, sealed: Iterable[SealedChunk],
                    written: dict[bytes, ChunkLocation] | None = None) -> int:
@@ -389,7 +417,7 @@ class Store:
         for name, delta in (("chunk_count", added_count), ("chunk_raw_bytes", added_raw),
                             ("chunk_stored_bytes", added_stored), ("logical_bytes", logical)):
             if delta:
-                txn.put(name.encode(), U64.pack(_get_u64(txn, meta, name.encode()) + delta), db=meta)
+                bump_stat(txn, meta, name.encode(), delta)
         return added_stored
 
     def read_chunk(self, txn: lmdb.Transaction, digest: bytes) -> bytes:
@@ -415,6 +443,7 @@ class Store:
                 found[digest] = self._read_remote_chunk(txn, digest)
             else:
                 stored.append(self._opened(digest, ChunkLocation.decode(raw)))
+        self.pack_reads += bool(stored)
         for (digest, _), data in zip(stored, map_shared(self._read_stored, stored)):
             self.chunk_cache.put(digest, data)
             found[digest] = data

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, TypeVar
 import lmdb
 
 from cowfs.fs import versions
-from cowfs.fs.chunks import SealedChunk, digest_of, seal_many
+from cowfs.fs.chunks import SealedChunk, digest_of, keep_raw, seal_many
 from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
 from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
@@ -102,15 +102,18 @@ class SealedBlocks:
 
     chunks: dict[BlockKey, SealedChunk | None]
     written: dict[bytes, ChunkLocation]
+    deferred: bool = False  # some were stored raw that zstd would shrink: compress their packs later
 
     def merge(self, other: "SealedBlocks") -> "SealedBlocks":
-        return SealedBlocks(self.chunks | other.chunks, self.written | other.written)
+        return SealedBlocks(self.chunks | other.chunks, self.written | other.written,
+                            self.deferred or other.deferred)
 
 
 def seal_blocks(store: Store, blocks: dict[BlockKey, DirtyBlock],
-                hashed: dict[BlockKey, HashedView] | None = None) -> SealedBlocks:
-    """Hash, compress and append to the pack: the CPU and I/O of a flush, safe in a thread
-    (the caller has called ``store.ensure_pack_writer()``). All-zero blocks become holes."""
+                hashed: dict[BlockKey, HashedView] | None = None, compress: bool = True) -> SealedBlocks:
+    """Hash, compress (unless told not to: fs/recompress.py does it later) and append to the
+    pack: the CPU and I/O of a flush, safe in a thread (the caller has called
+    ``store.ensure_pack_writer()``). All-zero blocks become holes."""
     hashed = hashed or {}
     blocks = {key: buf.joined() if isinstance(buf, Seam) else buf for key, buf in blocks.items()}
     digests = {key: block_digest(buf, hashed.get(key)) for key, buf in blocks.items()}
@@ -120,10 +123,12 @@ def seal_blocks(store: Store, blocks: dict[BlockKey, DirtyBlock],
     with store.index.reading() as txn:
         known = {digest: SealedChunk(digest, data, len(data)) for digest, data in unique.items()
                  if store.has_chunk(txn, digest)}
-    made = seal_many([(digest, data) for digest, data in unique.items() if digest not in known])
+    new = [(digest, data) for digest, data in unique.items() if digest not in known]
+    made, deferred = (seal_many(new), False) if compress else keep_raw(new)
     sealed = known | {chunk.digest: chunk for chunk in made}
     chunks = {key: None if digest is None else sealed[digest] for key, digest in digests.items()}
-    return SealedBlocks(chunks, store.write_chunks(made))
+    written = store.write_chunks(made)
+    return SealedBlocks(chunks, written, deferred and bool(written))
 
 
 def block_digest(buf: DirtyBlock | None, hashed: HashedView | None = None) -> bytes | None:
@@ -907,10 +912,10 @@ class Tree:
         self.inflight.append(batch)
         return batch
 
-    def seal(self, batch: Batch) -> SealedBlocks:
+    def seal(self, batch: Batch, compress: bool = True) -> SealedBlocks:
         """``seal_blocks`` for a whole batch, in this thread."""
         self.store.ensure_pack_writer()
-        return seal_blocks(self.store, batch.blocks, batch.hashed)
+        return seal_blocks(self.store, batch.blocks, batch.hashed, compress)
 
     def commit_batch(self, batch: Batch, sealed: SealedBlocks) -> int:
         """Store a sealed batch at its own epoch; returns the compressed bytes it added.
@@ -935,6 +940,8 @@ class Tree:
                 store.list_snapshot(txn, record)
             kept = {key: chunk for key, chunk in sealed.chunks.items() if key not in batch.dropped}
             added = store.add_chunks(txn, (c for c in kept.values() if c is not None), sealed.written)
+            if sealed.deferred:
+                store.note_uncompressed(txn, {location.pack for location in sealed.written.values()})
             for (ino, index), chunk in kept.items():
                 versions.put(txn, self._db_blocks, self.branch_id, batch.epoch, ino, block_name(index),
                              None if chunk is None else chunk.digest)

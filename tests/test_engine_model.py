@@ -19,6 +19,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precon
 from cowfs.fs.errors import FsError
 from cowfs.fs.fsck import check
 from cowfs.fs.history import is_durable
+from cowfs.fs.recompress import compress_pack
 from cowfs.fs.store import ROOT_INODE, Store
 from cowfs.fs.tree import BLOCK_SIZE, UNKNOWN, Tree
 
@@ -191,14 +192,25 @@ class WorkspaceModel(RuleBasedStateMachine):
         self.tree.flush()
         self.tree = self._open(self.tree.branch_id)
 
-    @rule()
-    def commit_oldest_batch(self) -> None:
-        """Commit one batch while newer dirty data stays in memory (the daemon's interleaving)."""
+    @rule(compress=st.booleans())
+    def commit_oldest_batch(self, compress: bool) -> None:
+        """Commit one batch while newer dirty data stays in memory (the daemon's interleaving),
+        compressed, or raw as when the flusher is behind."""
         if self.tree.inflight:
             batch = self.tree.inflight[0]
-            self.tree.commit_batch(batch, self.tree.seal(batch))
+            self.tree.commit_batch(batch, self.tree.seal(batch, compress))
         elif self.tree.take_batch() is not None:
             pass  # left in flight, as while the flusher seals it
+
+    @rule()
+    def compress_raw_packs(self) -> None:
+        """The idle daemon rotates its pack and compresses the packs it filled raw; later reads
+        come from the new places (the chunk cache is dropped so that they really do)."""
+        self.store.close_pack()
+        for pack_id in self.store.uncompressed_packs():
+            compress_pack(self.store, pack_id)
+        assert self.store.uncompressed_packs() == []
+        self.store.chunk_cache.clear()
 
     @rule(record=snapshots)
     def switch_to_branch_of(self, record) -> None:

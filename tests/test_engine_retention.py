@@ -16,7 +16,7 @@ from cowfs.fs.packs import scan_pack
 from cowfs.fs.records import SnapshotRecord
 from cowfs.fs.retention import Policy, parse_duration, plan_prune, protected, remove_snapshots, set_pinned
 from cowfs.fs.store import ROOT_INODE, Store
-from cowfs.fs.tree import Tree
+from cowfs.fs.tree import BLOCK_SIZE, Tree
 
 FILE = stat.S_IFREG | 0o644
 
@@ -270,3 +270,123 @@ def test_gc_never_deletes_chunks_committed_while_it_looks_at_packs(tmp_path, mon
         writer.stdin.write("bye\n")
         writer.stdin.flush()
         writer.wait(timeout=30)
+
+
+def commit_raw(tree: Tree) -> None:
+    """Commit what is dirty as the daemon's flusher does when it is behind: stored raw."""
+    batch = tree.take_batch()
+    tree.commit_batch(batch, tree.seal(batch, compress=False))
+
+
+def test_gc_compresses_what_a_daemon_stored_raw_and_left(store: Store):
+    """A daemon that stopped before it was idle leaves packs of raw chunks: gc compresses them
+    (the incompressible ones stay raw), deletes the raw packs and keeps every byte."""
+    tree = Tree(store, 1)
+    text = b"".join(b"%d,%d\n" % (i, i * i) for i in range(60000))
+    noise = os.urandom(300000)
+    for name, data in ((b"table.csv", text), (b"weights.bin", noise)):
+        ino, _ = tree.create(ROOT_INODE, name, FILE, 0, 0)
+        tree.write(ino, 0, data)
+    commit_raw(tree)
+    raw_pack = store.uncompressed_packs()
+    stored_raw = store.stats()["chunk_stored_bytes"]
+    assert raw_pack and stored_raw >= len(text) + len(noise)
+    report = collect_garbage(store)
+    assert report.packs_compressed == 1 and store.uncompressed_packs() == []
+    assert store.stats()["chunk_stored_bytes"] < len(noise) + len(text) / 2
+    assert not (store.path / "packs" / f"{raw_pack[0]:08d}.pack").exists()
+    store.chunk_cache.clear()
+    assert contents(tree) == {b"table.csv": text, b"weights.bin": noise}
+    assert check(store).clean
+
+
+def test_compressing_a_pack_moves_only_what_shrinks(store: Store):
+    """Compressing a pack moves its raw chunks that zstd shrinks, not its frames or its noise:
+    a few MiB stored raw never cost a rewrite of the whole pack. The pack stays while at least
+    half of it is live (as gc would leave it), and is no longer queued."""
+    from cowfs.fs.recompress import compress_pack
+
+    tree = Tree(store, 1)
+    noise = os.urandom(2_000_000)
+    ino, _ = tree.create(ROOT_INODE, b"weights.bin", FILE, 0, 0)
+    tree.write(ino, 0, noise)
+    tree.flush()  # compressed as usual: noise stays raw in the same pack
+    text = b"".join(b"%d;%d\n" % (i, i % 7) for i in range(80000))
+    csv, _ = tree.create(ROOT_INODE, b"t.csv", FILE, 0, 0)
+    tree.write(csv, 0, text)
+    commit_raw(tree)
+    [pack_id] = store.uncompressed_packs()
+    locations = {}
+    with store.index.reading() as txn:
+        for digest, raw in txn.cursor(db=store.index.db(DB_CHUNKS)):
+            locations[digest] = raw
+    store.close_pack()
+    saved = compress_pack(store, pack_id)
+    assert saved > len(text) / 2 and store.uncompressed_packs() == []
+    with store.index.reading() as txn:
+        moved = {digest for digest, raw in txn.cursor(db=store.index.db(DB_CHUNKS)) if locations[digest] != raw}
+    noise_digests = {digest_of(noise[i:i + BLOCK_SIZE]) for i in range(0, len(noise), BLOCK_SIZE)}
+    assert moved and not moved & noise_digests
+    assert (store.path / "packs" / f"{pack_id:08d}.pack").exists()
+    store.chunk_cache.clear()
+    assert contents(tree) == {b"t.csv": text, b"weights.bin": noise}
+    assert check(store).clean
+
+
+def test_only_packs_holding_compressible_raw_data_are_queued(store: Store):
+    """Random bytes stored raw to keep up would be stored raw anyway: their pack is not queued
+    for a rewrite that could not shrink it, nor for a short piece of text beside them. A batch
+    that is mostly compressible queues it."""
+    tree = Tree(store, 1)
+    ino, _ = tree.create(ROOT_INODE, b"weights.bin", FILE, 0, 0)
+    tree.write(ino, 0, os.urandom(1 << 20))
+    note, _ = tree.create(ROOT_INODE, b"note.txt", FILE, 0, 0)
+    tree.write(note, 0, b"epoch,loss\n" * 1000)
+    commit_raw(tree)
+    assert store.uncompressed_packs() == []
+    tree.write(ino, 1 << 20, b"0.5," * 40000)
+    commit_raw(tree)
+    assert store.uncompressed_packs() == [store.appending_pack]
+
+
+def test_a_pack_being_compressed_is_left_to_whoever_holds_it(store: Store):
+    """A daemon compressing a pack holds it locked: gc neither compresses nor deletes it, and
+    compresses it at a later run once it is free."""
+    from cowfs.fs.recompress import PackRewrite
+
+    tree = Tree(store, 1)
+    ino, _ = tree.create(ROOT_INODE, b"a.csv", FILE, 0, 0)
+    tree.write(ino, 0, b"1,2,3\n" * 100000)
+    commit_raw(tree)
+    [pack_id] = store.uncompressed_packs()
+    store.close_pack()  # as the daemon rotates it before compressing it
+    with PackRewrite(store, pack_id):
+        report = collect_garbage(store)
+        assert report.packs_compressed == 0 and report.packs_deleted == 0
+        assert store.uncompressed_packs() == [pack_id]
+    assert collect_garbage(store).packs_compressed == 1
+    store.chunk_cache.clear()
+    assert contents(tree) == {b"a.csv": b"1,2,3\n" * 100000}
+
+
+def test_a_damaged_raw_chunk_is_reported_and_its_pack_kept(store: Store):
+    """Compression reads every chunk it moves through its hash: a damaged one is reported,
+    nothing moves, and reading the file gives an I/O error rather than other bytes."""
+    from cowfs.fs.errors import CorruptChunkError
+
+    tree = Tree(store, 1)
+    ino, _ = tree.create(ROOT_INODE, b"a.csv", FILE, 0, 0)
+    tree.write(ino, 0, b"x,y\n" * 50000)
+    commit_raw(tree)
+    [pack_id] = store.uncompressed_packs()
+    path = store.path / "packs" / f"{pack_id:08d}.pack"
+    _, _, offset, _ = next(scan_pack(path))
+    with open(path, "r+b") as pack:
+        pack.seek(offset + 100)
+        pack.write(b"?")
+    report = collect_garbage(store)
+    assert report.packs_compressed == 0 and any("fails its hash check" in p for p in report.problems)
+    assert path.exists() and store.uncompressed_packs() == [pack_id]
+    store.chunk_cache.clear()
+    with pytest.raises(CorruptChunkError):
+        tree.read(ino, 0, 200000)

@@ -175,3 +175,66 @@ def test_a_flush_starts_at_what_writes_brought_or_at_what_dirty_blocks_hold(stor
             nursery.cancel_scope.cancel()
 
     trio.run(scenario)
+
+
+def csv_text(size: int, seed: int) -> bytes:
+    """Compressible text that shares no block with another seed's."""
+    rows = (b"%d,%d,%d\n" % (i, (i * seed) % 1009, seed) for i in range(size // 8))
+    return b"".join(rows)[:size]
+
+
+def test_a_flusher_behind_stores_raw_and_the_idle_daemon_compresses_it(store: Store, monkeypatch):
+    """zstd would set the speed of a large write on two cores, so a batch with more queued
+    behind it, or a large one someone waits for, is stored raw and its pack queued; a writer
+    the flusher keeps up with, the timer's flush and a small fsync are compressed at once, with
+    no rewrite later. Once idle, the daemon compresses the queued packs, and every byte reads
+    back from its new place."""
+    from cowfs.daemon import recompressor
+
+    monkeypatch.setattr(recompressor, "QUIET_SECONDS", 0.05)
+    tree = Tree(store, 1)
+    files = {name: csv_text(size, seed) for seed, (name, size) in
+             enumerate([(b"slow.csv", 6 * MiB), (b"small.csv", 2 * MiB), (b"fast.csv", 40 * MiB)], start=3)}
+    inodes = {name: tree.create(ROOT_INODE, name, stat.S_IFREG | 0o644, 0, 0)[0] for name in files}
+    pending: dict[bytes, list[int]] = {}
+    stored: dict[str, int] = {}
+
+    async def write(flusher: Flusher, name: bytes, piece: int, pause: float | None) -> None:
+        data = files[name]
+        for start in range(0, len(data), piece):
+            tree.write(inodes[name], start, data[start:start + piece])
+            await flusher.throttle()  # as the daemon's write handler does
+            if pause is not None:
+                await trio.sleep(pause)
+
+    async def scenario() -> None:
+        flusher = Flusher(tree)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(flusher.run)
+            await write(flusher, b"slow.csv", 256 * 1024, 0.001)
+            await flusher.flush(durable=True, hurry=False)  # the timer
+            pending[b"slow.csv"] = store.uncompressed_packs()
+            await write(flusher, b"small.csv", 256 * 1024, None)
+            await flusher.flush(durable=True)  # fsync of 2 MiB
+            pending[b"small.csv"] = store.uncompressed_packs()
+            monkeypatch.setattr(flusher_module, "DIRTY_FLUSH_BYTES", 8 * MiB)
+            await write(flusher, b"fast.csv", MiB, None)  # five batches queued before any seals
+            await flusher.flush(durable=True)
+            pending[b"fast.csv"] = store.uncompressed_packs()
+            stored["raw"] = store.stats()["chunk_stored_bytes"]
+            nursery.start_soon(recompressor.Recompressor(flusher).run)
+            with trio.fail_after(60):
+                while store.uncompressed_packs():
+                    await trio.sleep(0.05)
+            stored["compressed"] = store.stats()["chunk_stored_bytes"]
+            nursery.cancel_scope.cancel()
+
+    trio.run(scenario)
+    assert pending[b"slow.csv"] == [] and pending[b"small.csv"] == []
+    assert pending[b"fast.csv"], "a write the flusher fell behind on was compressed at once"
+    assert stored["raw"] > 40 * MiB and stored["compressed"] < 20 * MiB
+    store.chunk_cache.clear()
+    for name, data in files.items():
+        assert tree.read(inodes[name], 0, len(data)) == data
+    from cowfs.fs.fsck import check
+    assert check(store).clean

@@ -33,7 +33,7 @@ written = []
 with open(log_path, "a") as log:
     for i in range(100000):
         name = f"w{seed}_{i}"
-        if i % 10 == 9:  # large and compressible: zstd frames too, not only raw random bytes
+        if i % 10 == 9:  # large and compressible, fsynced: stored raw, compressed by gc or the idle daemon
             data = b"".join(b"%d,%d\n" % (j, rng.randrange(10**6)) for j in range(rng.randrange(400000, 600000)))
         else:
             data = rng.randbytes(rng.randrange(1, 400000))

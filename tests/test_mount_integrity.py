@@ -9,6 +9,7 @@ import random
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -215,3 +216,34 @@ def test_disk_full_fails_writes_and_recovers(tmp_path):
     finally:
         ws.unmount_all()
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_fast_write_is_stored_raw_and_compressed_once_the_mount_is_idle(workspace):
+    """fsync of a large write waits for the disk, not for zstd: the flusher stores what it is
+    behind on raw and the idle daemon compresses it later. The space comes back, every byte
+    reads back after a remount, and fsck finds the store whole."""
+    mnt = workspace.mount()
+    text = b"".join(b"%d,%d,%d\n" % (i, i * 7, i * i) for i in range(6_000_000))  # ~150 MiB
+    with open(mnt / "features.csv", "wb") as out:
+        for start in range(0, len(text), 1 << 20):
+            out.write(text[start:start + (1 << 20)])
+        os.fsync(out.fileno())
+
+    def status() -> dict:
+        return json.loads(workspace.cli("status", "--json").stdout)
+
+    before = status()
+    assert before["uncompressed_packs"] >= 1 and before["chunk_stored_bytes"] > len(text) / 2
+    for _ in range(240):
+        after = status()
+        if after["uncompressed_packs"] == 0:
+            break
+        time.sleep(0.5)
+    assert after["uncompressed_packs"] == 0, "the idle daemon never compressed what it stored raw"
+    assert after["chunk_stored_bytes"] < len(text) / 2
+    assert after["store_bytes"] < before["store_bytes"] - len(text) / 3, "the raw packs were not deleted"
+    workspace.umount(mnt)
+    mnt = workspace.mount()
+    drop_caches()
+    assert (mnt / "features.csv").read_bytes() == text
+    assert workspace.cli("fsck").returncode == 0
