@@ -94,8 +94,8 @@ WORTH_DEFERRING = 0.125  # of a batch's bytes: less is left raw for good, with n
 
 def keep_raw(blocks: list[tuple[bytes, Payload]]) -> tuple[list[SealedChunk], bool]:
     """Every block as it is, for when compressing now would hold up the writer, and whether the
-    blocks zstd would shrink are enough to be worth compressing later (fs/recompress.py rewrites
-    their whole pack). Costs the 4 KiB samples only, ~3% of compressing. Random bytes written
+    blocks zstd would shrink are enough to be worth compressing later (fs/recompress.py reads
+    them back and moves them). Costs the 4 KiB samples only, ~3% of compressing. Random bytes written
     through the page cache arrive with a few short pieces of blocks, too short to sample: they
     alone must not have 512 MiB of random bytes rewritten."""
     picked = _worth_compressing(_codec()[0], blocks)
