@@ -55,6 +55,7 @@ class FuseReader:
         self.bursting = True
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
+        self.requests = 0  # handed to pyfuse3 so far: the recompressor waits for them to stop
 
     async def wait_readable(self) -> bool:
         if self.closed:
@@ -62,6 +63,7 @@ class FuseReader:
         if not self.waiting and self.bursting and self._request_arrives_soon():
             if not self.spare_called:  # someone to take over if this request's handler blocks
                 self.spare_called = bool(self.spares.unpark(count=1))
+            self.requests += 1
             return True
         while self.waiting and not self.closed:
             await self.spares.park()
@@ -83,6 +85,7 @@ class FuseReader:
                 self.spare_called = bool(self.spares.unpark(count=1))
             self.turn_started = time.perf_counter_ns()
             self.bursting = self.turn_started - parked <= BURST_GAP_NS
+        self.requests += 1
         return True
 
     def close(self) -> None:
@@ -119,6 +122,11 @@ def session_fd() -> int | None:
         except OSError:
             continue  # the listing's own descriptor, closed by now
     return found[0] if len(found) == 1 else None
+
+
+def requests_served() -> int:
+    """FUSE requests this process has read so far (0 without a ``FuseReader``)."""
+    return _installed.requests if _installed is not None else 0
 
 
 def install() -> FuseReader | None:

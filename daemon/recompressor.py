@@ -2,13 +2,15 @@
 
 A pack is compressed a slice at a time (fs/recompress.py): reading and compressing in a worker
 thread, appending and switching the index while no batch uses the pack, as a batch would. It
-starts only after a check interval with no new batch, nothing dirty and no read from the packs,
-and pauses the same way between slices, so it does not compete with the user for the two cores.
+starts only after a check interval with no new batch, nothing dirty and no FUSE request, and
+pauses the same way between slices, so it does not compete with the user for the two cores.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from typing import Callable
 
 import trio
 
@@ -19,13 +21,19 @@ from cowfs.fs.recompress import PackBusy, PackRewrite, relocate
 log = logging.getLogger(__name__)
 
 QUIET_SECONDS = 2.0
+# FUSE requests without writes hold compression back this long at most: a file browser that
+# polls the workspace every second must not leave the store 3x its size.
+PATIENCE_SECONDS = 30.0
 
 
 class Recompressor:
-    def __init__(self, flusher: Flusher) -> None:
+    def __init__(self, flusher: Flusher, requests: Callable[[], int] = lambda: 0) -> None:
         self.flusher = flusher
         self.store = flusher.tree.store
-        self._activity_at_last_look: tuple[int, int] | None = None
+        self._requests = requests  # FUSE requests served so far (fuse_reader.requests_served)
+        self._taken_seen = -1
+        self._requests_seen = -1
+        self._writes_seen_at = -math.inf  # trio clock: the last look that found writes going on
 
     async def run(self) -> None:
         while True:
@@ -35,13 +43,18 @@ class Recompressor:
             await trio.sleep(QUIET_SECONDS)  # packs others hold are looked at again after this
 
     async def _until_quiet(self) -> None:
-        """Return once a whole interval passed without a batch taken, data left dirty or a read
-        that went to the packs (a notebook reading back what it just wrote gets both cores)."""
+        """Return once a whole interval passed without a batch taken, data left dirty or a FUSE
+        request (the user's imports and reads get both cores), or without the first two for
+        ``PATIENCE_SECONDS`` whatever the requests."""
         while True:
-            activity = (self.flusher.batches_taken, self.store.pack_reads)
-            if activity == self._activity_at_last_look and not self.flusher.busy:
+            taken, requests = self.flusher.batches_taken, self._requests()
+            writing = taken != self._taken_seen or self.flusher.busy
+            if writing:
+                self._writes_seen_at = trio.current_time()
+            patient = trio.current_time() - self._writes_seen_at < PATIENCE_SECONDS
+            self._taken_seen, previous_requests, self._requests_seen = taken, self._requests_seen, requests
+            if not writing and (requests == previous_requests or not patient):
                 return
-            self._activity_at_last_look = activity
             await trio.sleep(QUIET_SECONDS)
 
     async def _compress(self, pack_id: int) -> None:

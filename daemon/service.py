@@ -159,7 +159,7 @@ class Daemon:
             await nursery.start(self.flusher.run)
             nursery.start_soon(self.flusher.run_timer)
             if not self.store.readonly:
-                nursery.start_soon(Recompressor(self.flusher).run)
+                nursery.start_soon(Recompressor(self.flusher, fuse_reader.requests_served).run)
             await nursery.start(control.serve, self.socket_path, self.handle)
             if self.remote_reads is not None:
                 await nursery.start(self.remote_reads.run)

@@ -70,7 +70,6 @@ class Store:
         self.readonly = readonly
         self.packs = PackReader(path / "packs")
         self.chunk_cache: ByteLRU[bytes] = ByteLRU(64 << 20)
-        self.pack_reads = 0  # reads that went to the packs: the recompressor waits while they come
         self._writer: PackWriter | None = None
         self.remote_cache_limit = DEFAULT_LIMIT
         self._remote_caches: dict[str, ChunkCache] = {}
@@ -443,7 +442,6 @@ class Store:
                 found[digest] = self._read_remote_chunk(txn, digest)
             else:
                 stored.append(self._opened(digest, ChunkLocation.decode(raw)))
-        self.pack_reads += bool(stored)
         for (digest, _), data in zip(stored, map_shared(self._read_stored, stored)):
             self.chunk_cache.put(digest, data)
             found[digest] = data

@@ -27,7 +27,7 @@ from cowfs.daemon.flusher import Flusher
 from cowfs.fs import packs
 from cowfs.fs.packs import PackWriter
 from cowfs.fs.store import ROOT_INODE, Store
-from cowfs.fs.tree import Tree
+from cowfs.fs.tree import Batch, Tree
 
 MiB = 1 << 20
 
@@ -238,3 +238,43 @@ def test_a_flusher_behind_stores_raw_and_the_idle_daemon_compresses_it(store: St
         assert tree.read(inodes[name], 0, len(data)) == data
     from cowfs.fs.fsck import check
     assert check(store).clean
+
+
+def test_compression_waits_while_the_mount_is_used_but_not_forever(store: Store):
+    """The idle daemon compresses only after an interval without writes or FUSE requests (the
+    user's imports and reads keep both cores), but requests alone, like a file browser polling
+    every second, hold it back for PATIENCE_SECONDS at most; new writes start the wait again."""
+    from trio.testing import MockClock
+
+    from cowfs.daemon import recompressor
+
+    tree = Tree(store, 1)
+    requests = [0]
+    waited: list[float] = []
+
+    async def poll_every_second() -> None:
+        while True:
+            requests[0] += 1
+            await trio.sleep(1)
+
+    async def scenario() -> None:  # the clock starts at 0 and jumps while everyone sleeps
+        flusher = Flusher(tree)
+        waiting = recompressor.Recompressor(flusher, lambda: requests[0])
+        await waiting._until_quiet()  # nothing going on: one interval
+        waited.append(trio.current_time())
+        with trio.fail_after(300):  # virtual seconds: a wait that never ends fails here
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll_every_second)
+                await trio.sleep(0.5)
+                await waiting._until_quiet()  # no write since 0
+                waited.append(trio.current_time())
+                flusher.submit(tree.take_batch() or Batch(epoch=0, blocks={}, attrs={}))  # a write
+                await waiting._until_quiet()
+                waited.append(trio.current_time())
+                nursery.cancel_scope.cancel()
+
+    trio.run(scenario, clock=MockClock(autojump_threshold=0))
+    quiet, patience = recompressor.QUIET_SECONDS, recompressor.PATIENCE_SECONDS
+    assert waited[0] <= quiet
+    assert patience <= waited[1] <= patience + quiet
+    assert waited[1] + patience <= waited[2] <= waited[1] + patience + quiet
