@@ -33,7 +33,12 @@ SEAL_SPLIT_MIN_BLOCKS = 8
 # Dirty data behind a batch at or above which the batch is stored raw and compressed later, when
 # the daemon is idle (fs/recompress.py): on two cores zstd would otherwise set the write speed.
 BEHIND_BYTES = 16 << 20
-WAITED_FOR_BYTES = 4 << 20  # a batch someone waits for (fsync, a throttled writer) above this size
+# A batch this large is stored raw too when someone is in a hurry for it (fsync, a throttled
+# writer, `cowfs snap`) or its data came faster than zstd keeps up with on the flusher's share of
+# two cores. A writer the flusher keeps up with (pandas' to_csv, ~20-30 MB/s) is compressed as it
+# goes, with no rewrite later; smaller batches are always compressed (a few ms).
+LARGE_BATCH_BYTES = 4 << 20
+FAST_WRITER_BYTES_PER_S = 100e6
 
 
 async def seal_in_threads(store: Store, batch: Batch, compress: bool = True) -> SealedBlocks:
@@ -95,6 +100,8 @@ class Flusher:
         self._pack_io = trio.Lock()  # held while threads append to or fsync this daemon's pack
         self._ahead: _SealAhead | None = None
         self._waiters = 0  # tasks in a hurry for a commit (fsync, throttled writers, snapshots)
+        self._first_write_at: float | None = None  # of the data not taken yet (trio clock)
+        self._arrived_fast: set[int] = set()  # id() of batches in flight whose data came fast
         self._nursery: trio.Nursery | None = None
         self.failure: BaseException | None = None
 
@@ -104,6 +111,9 @@ class Flusher:
         self._taken += 1
         if batch.records:
             self._taken_with_records = self._taken
+        began, self._first_write_at = self._first_write_at, None
+        if began is not None and batch.nbytes >= FAST_WRITER_BYTES_PER_S * (trio.current_time() - began):
+            self._arrived_fast.add(id(batch))
         self._send.send_nowait(batch)
         return self._taken
 
@@ -160,6 +170,8 @@ class Flusher:
 
         While the store's disk is full, writes beyond the in-flight limit wait for the retry
         and fail with its error (ENOSPC), so memory stays bounded and the writer hears it."""
+        if self._first_write_at is None:
+            self._first_write_at = trio.current_time()
         if self.tree.dirty_written >= DIRTY_FLUSH_BYTES or self.tree.dirty_bytes >= DIRTY_MEMORY_BYTES:
             self.kick()
         while self.tree.inflight_bytes > INFLIGHT_LIMIT_BYTES:
@@ -223,15 +235,17 @@ class Flusher:
 
     def _compress_now(self, batch: Batch) -> bool:
         """Whether to compress a batch as it is sealed, or store it raw and compress it when idle:
-        raw when another batch is queued behind it, much is dirty behind it, or someone waits
-        for a large one. Always compressed after a failure: a disk that filled up gets the
-        smaller form when the commit is tried again."""
+        raw when another batch is queued behind it, much is dirty behind it, or it is large and
+        someone is in a hurry for it or its data came fast (the first batch of a large write
+        has nothing behind it yet). Always compressed after a failure: a disk that filled up
+        gets the smaller form when the commit is tried again."""
         if self.failure is not None:
             return True
         inflight = self.tree.inflight
         behind = bool(inflight) and inflight[-1] is not batch
+        hurried = self._waiters > 0 or id(batch) in self._arrived_fast
         return not (behind or self.tree.dirty_bytes >= BEHIND_BYTES
-                    or (self._waiters > 0 and batch.nbytes >= WAITED_FOR_BYTES))
+                    or (hurried and batch.nbytes >= LARGE_BATCH_BYTES))
 
     @property
     def busy(self) -> bool:
@@ -251,6 +265,7 @@ class Flusher:
             self._nursery.start_soon(self._seal_ahead, self._ahead)
         await trio.to_thread.run_sync(self.tree.write_batch, batch, sealed)
         self.tree.batch_committed(batch)
+        self._arrived_fast.discard(id(batch))
 
     async def _sealed(self, batch: Batch) -> SealedBlocks:
         """The batch's chunks appended and durable, in a pack that is still open (locked).

@@ -185,42 +185,44 @@ def csv_text(size: int, seed: int) -> bytes:
 
 def test_a_flusher_behind_stores_raw_and_the_idle_daemon_compresses_it(store: Store, monkeypatch):
     """zstd would set the speed of a large write on two cores, so a batch with more queued
-    behind it, or a large one someone waits for, is stored raw and its pack queued; a writer
-    the flusher keeps up with, the timer's flush and a small fsync are compressed at once, with
-    no rewrite later. Once idle, the daemon compresses the queued packs, and every byte reads
-    back from its new place."""
+    behind it, or a large one whose data came fast or that someone waits for (fsync), is stored
+    raw and its pack queued; a writer the flusher keeps up with (flushed by the timer) and a small fsync
+    are compressed at once, with no rewrite later. Once idle, the daemon compresses the queued
+    packs, and every byte reads back from its new place."""
     from cowfs.daemon import recompressor
 
     monkeypatch.setattr(recompressor, "QUIET_SECONDS", 0.05)
     tree = Tree(store, 1)
-    files = {name: csv_text(size, seed) for seed, (name, size) in
-             enumerate([(b"slow.csv", 6 * MiB), (b"small.csv", 2 * MiB), (b"fast.csv", 40 * MiB)], start=3)}
+    sizes = {b"slow.csv": 6 * MiB, b"small.csv": 2 * MiB, b"burst.csv": 8 * MiB, b"synced.csv": 6 * MiB,
+             b"fast.csv": 40 * MiB}
+    files = {name: csv_text(size, seed) for seed, (name, size) in enumerate(sizes.items(), start=3)}
     inodes = {name: tree.create(ROOT_INODE, name, stat.S_IFREG | 0o644, 0, 0)[0] for name in files}
     pending: dict[bytes, list[int]] = {}
+    added: dict[bytes, int] = {}  # stored bytes each write added
     stored: dict[str, int] = {}
 
-    async def write(flusher: Flusher, name: bytes, piece: int, pause: float | None) -> None:
+    async def write(flusher: Flusher, name: bytes, piece: int, pause: float | None, hurry: bool) -> None:
+        before = store.stats()["chunk_stored_bytes"]
         data = files[name]
         for start in range(0, len(data), piece):
             tree.write(inodes[name], start, data[start:start + piece])
             await flusher.throttle()  # as the daemon's write handler does
             if pause is not None:
                 await trio.sleep(pause)
+        await flusher.flush(durable=True, hurry=hurry)  # fsync, or the timer
+        pending[name] = store.uncompressed_packs()
+        added[name] = store.stats()["chunk_stored_bytes"] - before
 
     async def scenario() -> None:
         flusher = Flusher(tree)
         async with trio.open_nursery() as nursery:
             await nursery.start(flusher.run)
-            await write(flusher, b"slow.csv", 256 * 1024, 0.001)
-            await flusher.flush(durable=True, hurry=False)  # the timer
-            pending[b"slow.csv"] = store.uncompressed_packs()
-            await write(flusher, b"small.csv", 256 * 1024, None)
-            await flusher.flush(durable=True)  # fsync of 2 MiB
-            pending[b"small.csv"] = store.uncompressed_packs()
+            await write(flusher, b"slow.csv", 256 * 1024, 0.02, hurry=False)  # ~12 MB/s
+            await write(flusher, b"small.csv", 256 * 1024, None, hurry=True)
+            await write(flusher, b"burst.csv", MiB, None, hurry=False)
+            await write(flusher, b"synced.csv", 256 * 1024, 0.02, hurry=True)
             monkeypatch.setattr(flusher_module, "DIRTY_FLUSH_BYTES", 8 * MiB)
-            await write(flusher, b"fast.csv", MiB, None)  # five batches queued before any seals
-            await flusher.flush(durable=True)
-            pending[b"fast.csv"] = store.uncompressed_packs()
+            await write(flusher, b"fast.csv", MiB, None, hurry=True)  # five batches queued before any seals
             stored["raw"] = store.stats()["chunk_stored_bytes"]
             nursery.start_soon(recompressor.Recompressor(flusher).run)
             with trio.fail_after(60):
@@ -231,8 +233,11 @@ def test_a_flusher_behind_stores_raw_and_the_idle_daemon_compresses_it(store: St
 
     trio.run(scenario)
     assert pending[b"slow.csv"] == [] and pending[b"small.csv"] == []
-    assert pending[b"fast.csv"], "a write the flusher fell behind on was compressed at once"
-    assert stored["raw"] > 40 * MiB and stored["compressed"] < 20 * MiB
+    assert added[b"slow.csv"] < sizes[b"slow.csv"] / 2 and added[b"small.csv"] < sizes[b"small.csv"] / 2
+    assert pending[b"burst.csv"], "a large batch whose data came fast was compressed at once"
+    for name in (b"burst.csv", b"synced.csv", b"fast.csv"):
+        assert added[name] > 0.9 * sizes[name], f"{name.decode()} was compressed before the fsync returned"
+    assert stored["compressed"] < stored["raw"] / 2
     store.chunk_cache.clear()
     for name, data in files.items():
         assert tree.read(inodes[name], 0, len(data)) == data

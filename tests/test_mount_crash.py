@@ -113,6 +113,47 @@ def test_kill_9_at_random_points_loses_nothing_acknowledged(workspace, tmp_path)
     check_acknowledged(workspace, mnt, log_path, kill_points)
 
 
+def test_kill_9_while_the_idle_daemon_compresses_loses_nothing(workspace):
+    """A daemon killed while it moves raw chunks into compressed ones (some slices switched,
+    one perhaps appended and not switched) leaves every byte readable; the next daemon finishes
+    the job and fsck finds the store whole."""
+    mnt = workspace.mount()
+    rng = random.Random(19)
+    text = b"".join(b"%d,%d,%d\n" % (i, rng.randrange(10**6), i % 97) for i in range(7_000_000))
+    with open(mnt / "table.csv", "wb") as out:
+        for start in range(0, len(text), 1 << 20):
+            out.write(text[start:start + (1 << 20)])
+        os.fsync(out.fileno())
+
+    def stats() -> tuple[list[int], int]:
+        store = Store.open(workspace.store, readonly=True)
+        try:
+            return store.uncompressed_packs(), store.stats()["chunk_stored_bytes"]
+        finally:
+            store.close()
+
+    pending, stored_raw = stats()
+    assert pending and stored_raw > len(text) * 0.9, "the fast write was compressed at once"
+    deadline = time.monotonic() + 60
+    while stats()[1] == stored_raw:  # the idle daemon's first slice switched: kill it mid-way
+        assert time.monotonic() < deadline, "the idle daemon never began to compress"
+        time.sleep(0.01)
+    os.kill(workspace.daemon_pid(mnt), signal.SIGKILL)
+    workspace.cli("mount", str(mnt))  # clears the stale mount, new daemon
+    drop_caches()
+    assert hashlib.sha256((mnt / "table.csv").read_bytes()).digest() == hashlib.sha256(text).digest()
+    deadline = time.monotonic() + 120
+    while stats()[0]:
+        assert time.monotonic() < deadline, "the next daemon did not finish compressing"
+        time.sleep(0.2)
+    assert stats()[1] < len(text) / 2
+    workspace.umount(mnt)
+    fsck = workspace.cli("fsck", check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    mnt = workspace.mount()
+    assert hashlib.sha256((mnt / "table.csv").read_bytes()).digest() == hashlib.sha256(text).digest()
+
+
 class CrashDisk:
     """A directory standing for a disk, mounted through crashfs until it 'loses power'."""
 
