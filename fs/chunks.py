@@ -81,7 +81,7 @@ def seal_many(blocks: list[tuple[bytes, Payload]], threads: int = 1) -> list[Sea
         return [seal(data, digest) for digest, data in blocks]
     compressor = _codec()[0]
     sealed = [_kept(digest, data, None) for digest, data in blocks]
-    picked = _worth_compressing(compressor, blocks, threads)
+    picked = list(_sampled(compressor, blocks, threads))
     if picked:
         frames = compressor.multi_compress_to_buffer([blocks[i][1] for i in picked], threads=threads)
         for frame, i in zip(frames, picked):
@@ -90,27 +90,44 @@ def seal_many(blocks: list[tuple[bytes, Payload]], threads: int = 1) -> list[Sea
 
 
 WORTH_DEFERRING = 0.125  # of a batch's bytes: less is left raw for good, with no rewrite later
+# A block whose sample zstd shrinks this much is compressed at once even by a flusher that is
+# behind: such data compresses at 3.7-8 GB/s (zeros around a few written pages, repetitive
+# logs) against ~500 MB/s for CSV (sample ratio ~0.33), so writing it raw would cost more disk
+# time than zstd takes. 20,000 random 4 KiB writes into a sparse file went from 38.9k to 31.8k/s
+# when those blocks were stored raw (docs/benchmarks.md, session 19).
+EAGER_SAMPLE_RATIO = 0.15
 
 
-def keep_raw(blocks: list[tuple[bytes, Payload]]) -> tuple[list[SealedChunk], bool]:
-    """Every block as it is, for when compressing now would hold up the writer, and whether the
-    blocks zstd would shrink are enough to be worth compressing later (fs/recompress.py reads
-    them back and moves them). Costs the 4 KiB samples only, ~3% of compressing. Random bytes written
-    through the page cache arrive with a few short pieces of blocks, too short to sample: they
-    alone must not have 512 MiB of random bytes rewritten."""
-    picked = _worth_compressing(_codec()[0], blocks)
+def seal_quickly(blocks: list[tuple[bytes, Payload]]) -> tuple[list[SealedChunk], bool]:
+    """For when compressing now would hold up the writer: blocks zstd shrinks a lot are
+    compressed (that is fast), the rest kept as they are; and whether the raw ones zstd would
+    shrink are enough to be worth compressing later (fs/recompress.py reads them back and moves
+    them). Costs the 4 KiB samples, ~3% of compressing. Random bytes written through the page
+    cache arrive with a few short pieces of blocks, too short to sample: they alone must not
+    have 512 MiB of random bytes rewritten."""
+    compressor = _codec()[0]
+    sealed = [_kept(digest, data, None) for digest, data in blocks]
+    sampled = _sampled(compressor, blocks)
+    eager = [i for i, sample_length in sampled.items()
+             if len(blocks[i][1]) >= 8 * SAMPLE and sample_length <= EAGER_SAMPLE_RATIO * SAMPLE]
+    if eager:
+        frames = compressor.multi_compress_to_buffer([blocks[i][1] for i in eager])
+        for frame, i in zip(frames, eager):
+            sealed[i] = _kept(blocks[i][0], blocks[i][1], memoryview(frame))
+    deferred = set(sampled) - set(eager)
     total = sum(len(data) for _, data in blocks)
-    worth = sum(len(blocks[i][1]) for i in picked) >= WORTH_DEFERRING * total
-    return [_kept(digest, data, None) for digest, data in blocks], bool(picked) and worth
+    worth = sum(len(blocks[i][1]) for i in deferred) >= WORTH_DEFERRING * total
+    return sealed, bool(deferred) and worth
 
 
-def _worth_compressing(compressor: zstandard.ZstdCompressor, blocks: list[tuple[bytes, Payload]],
-                       threads: int = 1) -> list[int]:
-    """Which blocks are not noise, by their samples compressed in one call."""
+def _sampled(compressor: zstandard.ZstdCompressor, blocks: list[tuple[bytes, Payload]],
+             threads: int = 1) -> dict[int, int]:
+    """The blocks that are not noise, by position, each with its first 4 KiB's compressed
+    length (the samples are compressed in one call)."""
     if not blocks:
-        return []
+        return {}
     samples = compressor.multi_compress_to_buffer([memoryview(data)[:SAMPLE] for _, data in blocks], threads=threads)
-    return [i for i, (_, data) in enumerate(blocks) if not _noisy(len(data), lambda i=i: len(samples[i]))]
+    return {i: len(samples[i]) for i, (_, data) in enumerate(blocks) if not _noisy(len(data), lambda i=i: len(samples[i]))}
 
 
 def unseal(digest: bytes, payload: bytes, raw_len: int, where: str) -> bytes:

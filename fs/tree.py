@@ -30,7 +30,7 @@ from typing import Callable, Iterator, TypeVar
 import lmdb
 
 from cowfs.fs import versions
-from cowfs.fs.chunks import SealedChunk, digest_of, keep_raw, seal_many
+from cowfs.fs.chunks import SealedChunk, digest_of, seal_many, seal_quickly
 from cowfs.fs.errors import CorruptChunkError, FsError, RemoteChunkNeeded
 from cowfs.fs.keys import (BRANCH_OWNER, DB_BLOCKS, DB_DIRENTS, DB_INODES, DB_ORPHANS, DB_XATTRS, U32, U64,
                            block_name, entry_name, name_of_entry)
@@ -124,7 +124,7 @@ def seal_blocks(store: Store, blocks: dict[BlockKey, DirtyBlock],
         known = {digest: SealedChunk(digest, data, len(data)) for digest, data in unique.items()
                  if store.has_chunk(txn, digest)}
     new = [(digest, data) for digest, data in unique.items() if digest not in known]
-    made, deferred = (seal_many(new), False) if compress else keep_raw(new)
+    made, deferred = (seal_many(new), False) if compress else seal_quickly(new)
     sealed = known | {chunk.digest: chunk for chunk in made}
     chunks = {key: None if digest is None else sealed[digest] for key, digest in digests.items()}
     written = store.write_chunks(made)
