@@ -48,8 +48,9 @@ DB_ORPHANS = b"orphans"
 # chunk hash -> RemoteChunk: chunks of a lazily mounted remote snapshot that this store does not
 # hold; they are read through the bounded cache under remote-cache/<remote>/chunks/.
 DB_REMOTE_CHUNKS = b"remote_chunks"
-# pack id u32 -> empty: packs the flusher appended chunks to uncompressed because more data was
-# waiting behind them; a daemon compresses them when idle, `cowfs gc` when it runs (fs/recompress.py).
+# pack id u32 -> empty: packs the flusher appended chunks to uncompressed because compressing
+# them would have held up a writer; a daemon compresses them when idle, `cowfs gc` when it runs
+# (fs/recompress.py).
 DB_UNCOMPRESSED_PACKS = b"uncompressed_packs"
 VERSIONED_DBS = (DB_INODES, DB_DIRENTS, DB_XATTRS, DB_BLOCKS)
 ALL_DBS = (DB_META, DB_BRANCHES, DB_BRANCH_NAMES, DB_SNAPSHOTS, DB_INODES, DB_DIRENTS,
