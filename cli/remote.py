@@ -230,7 +230,11 @@ def _push(store: Store, bucket: Bucket, records: Iterable[SnapshotRecord], progr
                     uploader.add(digest, sealed.payload, sealed.raw_len)
                     continue
             location = ChunkLocation.decode(raw)
-            uploader.add(digest, store.packs.read(location), location.raw_len)
+            payload = store.packs.read(location)
+            if location.stored_len == location.raw_len:  # noise, or stored raw to keep up and not compressed yet
+                sealed = seal(payload, digest)
+                payload = sealed.payload
+            uploader.add(digest, payload, location.raw_len)
         for digest, sealed in objects.trees.items():
             uploader.add(digest, sealed.payload, sealed.raw_len)
         uploader.finish()

@@ -109,6 +109,44 @@ def test_push_then_pull_into_another_store_gives_the_same_tree(workspace, aws, t
         other.unmount_all()
 
 
+def test_a_push_right_after_a_fast_write_sends_it_compressed(workspace, aws, tmp_path):
+    """A large write is stored raw until the mount is idle; a push in between still sends the
+    compressed chunks, and they come back as the same bytes."""
+    import threading
+
+    mnt = workspace.mount()
+    text = b"".join(b"%d,%d,%d\n" % (i, (i * 7919) % 1000003, i % 13) for i in range(3_000_000))
+    done = threading.Event()
+
+    def keep_the_mount_busy() -> None:  # FUSE requests hold the idle compression back (30 s at most)
+        while not done.wait(0.1):
+            os.stat(mnt / "features.csv")
+
+    with open(mnt / "features.csv", "wb") as out:
+        for start in range(0, len(text), 1 << 20):
+            out.write(text[start:start + (1 << 20)])
+        os.fsync(out.fileno())
+    busy = threading.Thread(target=keep_the_mount_busy)
+    busy.start()
+    try:
+        workspace.snap(mnt, "features", wait=True)
+        workspace.cli("remote", "add", "team", f"s3://{aws}/work")
+        sent = cowfs_json(workspace.store, "push", "team")
+        pending = cowfs_json(workspace.store, "status")["uncompressed_packs"]
+    finally:
+        done.set()
+        busy.join()
+    assert pending >= 1, "the write was compressed before the push: nothing was checked"
+    assert sent["bytes_uploaded"] < len(text) / 2, sent
+    other = another_store(tmp_path, "other", aws, "work")
+    try:
+        pulled = cowfs_json(other.store, "pull", "team", "features")
+        back = other.mount(pulled["local_snapshot"], name="back")
+        assert (back / "features.csv").read_bytes() == text
+    finally:
+        other.unmount_all()
+
+
 def test_remote_mistakes_are_one_line(workspace, aws, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-never-shown")  # moto takes any key
     for args, fragment in [(["push", "nowhere"], "no remote named 'nowhere'"),
