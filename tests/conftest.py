@@ -33,6 +33,15 @@ def run_cli(*args: str, store: Path | None = None, cwd: Path | None = None, chec
     return result
 
 
+def write_fast(path: Path, data: bytes) -> None:
+    """Write as a program streaming out a large file does, 1 MiB at a time, then fsync: the
+    pace at which the daemon stores data raw to keep up (docs/write-path.md)."""
+    with open(path, "wb") as out:
+        for start in range(0, len(data), 1 << 20):
+            out.write(data[start:start + (1 << 20)])
+        os.fsync(out.fileno())
+
+
 def drop_caches() -> None:
     """Make the next read reach the daemon instead of the kernel's page cache."""
     os.sync()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Workspace, _reap_daemons, drop_caches, needs_fuse
+from conftest import Workspace, _reap_daemons, drop_caches, needs_fuse, write_fast
 from cowfs.cli.launcher import detach_stale
 from cowfs.daemon.addresses import control_socket_path
 from cowfs.fs.store import Store
@@ -120,10 +120,7 @@ def test_kill_9_while_the_idle_daemon_compresses_loses_nothing(workspace):
     mnt = workspace.mount()
     rng = random.Random(19)
     text = b"".join(b"%d,%d,%d\n" % (i, rng.randrange(10**6), i % 97) for i in range(7_000_000))
-    with open(mnt / "table.csv", "wb") as out:
-        for start in range(0, len(text), 1 << 20):
-            out.write(text[start:start + (1 << 20)])
-        os.fsync(out.fileno())
+    write_fast(mnt / "table.csv", text)
 
     def stats() -> tuple[list[int], int]:
         store = Store.open(workspace.store, readonly=True)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import corrupt_first_chunk, drop_caches, needs_fuse
+from conftest import corrupt_first_chunk, drop_caches, needs_fuse, write_fast
 from cowfs.daemon.addresses import control_socket_path
 
 pytestmark = needs_fuse
@@ -224,10 +224,7 @@ def test_a_fast_write_is_stored_raw_and_compressed_once_the_mount_is_idle(worksp
     reads back after a remount, and fsck finds the store whole."""
     mnt = workspace.mount()
     text = b"".join(b"%d,%d,%d\n" % (i, i * 7, i * i) for i in range(6_000_000))  # ~150 MiB
-    with open(mnt / "features.csv", "wb") as out:
-        for start in range(0, len(text), 1 << 20):
-            out.write(text[start:start + (1 << 20)])
-        os.fsync(out.fileno())
+    write_fast(mnt / "features.csv", text)
 
     def status() -> dict:
         return json.loads(workspace.cli("status", "--json").stdout)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import servers
-from conftest import Workspace, drop_caches, needs_fuse, run_cli
+from conftest import Workspace, drop_caches, needs_fuse, run_cli, write_fast
 from test_mount_snapshots import tree_digest
 
 pytestmark = needs_fuse
@@ -122,10 +122,7 @@ def test_a_push_right_after_a_fast_write_sends_it_compressed(workspace, aws, tmp
         while not done.wait(0.1):
             os.stat(mnt / "features.csv")
 
-    with open(mnt / "features.csv", "wb") as out:
-        for start in range(0, len(text), 1 << 20):
-            out.write(text[start:start + (1 << 20)])
-        os.fsync(out.fileno())
+    write_fast(mnt / "features.csv", text)
     busy = threading.Thread(target=keep_the_mount_busy)
     busy.start()
     try:
