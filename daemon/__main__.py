@@ -14,6 +14,7 @@ import trio
 from cowfs.daemon import fuse_reader
 from cowfs.daemon.addresses import AddressError, control_socket_path, mounts
 from cowfs.daemon.flusher import Flusher
+from cowfs.daemon.memory import keep_freed_memory
 from cowfs.daemon.operations import CowOperations
 from cowfs.daemon.service import Daemon
 from cowfs.fs.errors import StoreError
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     # Worker threads hash and compress with the GIL released, but need it back between blocks;
     # a shorter switch interval stops them queueing behind the FUSE thread (2x on bench/run.py A).
     sys.setswitchinterval(0.001)
+    keep_freed_memory()
     mountpoint = Path(os.path.realpath(args.mountpoint))
     ready_fd = args.ready_fd
     try:
