@@ -100,7 +100,8 @@ class Flusher:
         self._retry_now = trio.Event()
         self._failures = 0
         self._rotate_requested = False
-        self._last_commit_at: float | None = None  # trio clock; None once the memory is given back
+        self._last_commit_at = -math.inf  # trio clock
+        self._last_trim_at = -math.inf
         self._pack_io = trio.Lock()  # held while threads append to or fsync this daemon's pack
         self._ahead: _SealAhead | None = None
         self._waiters = 0  # tasks in a hurry for a commit (fsync, throttled writers, snapshots)
@@ -318,17 +319,17 @@ class Flusher:
 
     async def run_timer(self, interval: float = 5.0) -> None:
         """Bound how long data sits only in memory, and how long a commit waits for the disk;
-        the first tick that finds nothing in flight ``KEEP_FREED_SECONDS`` after the last
-        commit gives freed memory back."""
+        give freed memory back once no commit has come for ``KEEP_FREED_SECONDS``, and again
+        every ``KEEP_FREED_SECONDS`` after that (glibc no longer trims by itself, and reads,
+        listings and the idle compression free memory too)."""
         while True:
             await trio.sleep(interval)
             if self.tree.has_dirty:
                 await self.flush(durable=True, hurry=False)
             else:
                 await self._sync_store()
-                committed = self._last_commit_at
-                if (committed is not None and not self.tree.inflight
-                        and trio.current_time() - committed >= KEEP_FREED_SECONDS):
-                    self._last_commit_at = None
+                now = trio.current_time()
+                if not self.tree.inflight and now - max(self._last_commit_at, self._last_trim_at) >= KEEP_FREED_SECONDS:
+                    self._last_trim_at = now
                     await trio.to_thread.run_sync(return_freed_memory)
             self.tree.store.packs.drop_missing()
