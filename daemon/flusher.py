@@ -40,7 +40,8 @@ BEHIND_BYTES = 16 << 20
 LARGE_BATCH_BYTES = 4 << 20
 # Freed block buffers stay in the heap this long after the last commit, so that the next write
 # of a burst (a checkpoint saved at every cell, a loop writing files) does not fault its memory
-# in again: 731 -> 813 MB/s for 512 MiB writes 8 s apart (docs/benchmarks.md, session 20).
+# in again. 512 MiB written and fsynced 8 s apart: random bytes 733 -> 771 MB/s, text 518 -> 671
+# (docs/benchmarks.md, session 20).
 KEEP_FREED_SECONDS = 30.0
 FAST_WRITER_BYTES_PER_S = 100e6
 
