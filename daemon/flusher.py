@@ -330,7 +330,8 @@ class Flusher:
             else:
                 await self._sync_store()
                 now = trio.current_time()
-                if not self.tree.inflight and now - max(self._last_commit_at, self._last_trim_at) >= KEEP_FREED_SECONDS:
+                quiet_since = max(self._last_commit_at, self._last_trim_at)
+                if not self.tree.inflight and now - quiet_since >= KEEP_FREED_SECONDS:
                     self._last_trim_at = now
                     await trio.to_thread.run_sync(return_freed_memory)
             self.tree.store.packs.drop_missing()

@@ -8,9 +8,10 @@ on the FUSE thread, which is the wall of a sequential write (docs/benchmarks.md,
 By default glibc hands memory back by itself whenever the top of its heap is free: a 192 MiB
 write 6 s after another faulted 20,750 pages in again (56,434 the first time), where it faults
 ~2,000 with glibc told to keep what is freed (``keep_freed_memory``). The daemon decides when
-to give memory back instead: once no batch has committed for a while (``daemon/flusher.py``). Then ``malloc_trim`` hands the free part back
-(after a 512 MiB write: 384 -> 123 MiB resident, in 13-19 ms; session 9), so a daemon left
-idle after one large write does not keep memory a notebook's kernel could use.
+to give memory back instead: once no batch has committed for a while (``daemon/flusher.py``).
+Then ``malloc_trim`` hands the free part back (after a 512 MiB write: 384 -> 123 MiB resident,
+in 13-19 ms; session 9), so a daemon left idle after one large write does not keep memory a
+notebook's kernel could use.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def keep_freed_memory() -> bool:
     libc cannot. Setting the thresholds also turns off glibc's own adjustment of them."""
     if _mallopt is None or _malloc_trim is None:
         return False
-    return bool(_mallopt(M_MMAP_THRESHOLD, HEAP_ALLOCATIONS_BELOW)) and bool(_mallopt(M_TRIM_THRESHOLD, TRIM_ONLY_ABOVE))
+    done = _mallopt(M_MMAP_THRESHOLD, HEAP_ALLOCATIONS_BELOW)
+    return bool(done and _mallopt(M_TRIM_THRESHOLD, TRIM_ONLY_ABOVE))
 
 
 def return_freed_memory() -> bool:

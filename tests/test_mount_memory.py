@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from conftest import needs_fuse
+from conftest import needs_fuse, write_fast
 
 from cowfs.daemon.flusher import KEEP_FREED_SECONDS
 
@@ -24,24 +24,17 @@ def minor_faults(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
-def write_and_fsync(path: Path, mib: int) -> None:
-    with open(path, "wb") as handle:
-        for _ in range(mib):
-            handle.write(os.urandom(1 << 20))
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def test_the_next_write_of_a_burst_finds_its_memory_ready(workspace):
     mnt = workspace.mount()
     pid = workspace.daemon_pid(mnt)
     faults = []
     for name in ("first.bin", "second.bin"):
         start = minor_faults(pid)
-        write_and_fsync(mnt / name, 192)
+        write_fast(mnt / name, os.urandom(192 << 20))
         faults.append(minor_faults(pid) - start)
         time.sleep(6)  # past a flush timer tick, as between two cells that save a checkpoint
-    assert faults[1] < faults[0] / 5, f"page faults in the daemon: {faults[0]} for the first write, {faults[1]} for the next"
+    assert faults[1] < faults[0] / 5, (
+        f"page faults in the daemon: {faults[0]} for the first write, {faults[1]} for the next")
 
 
 def test_a_daemon_keeps_freed_memory_for_a_while_then_gives_it_back(workspace):
