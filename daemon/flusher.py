@@ -38,12 +38,12 @@ BEHIND_BYTES = 16 << 20
 # two cores. A writer the flusher keeps up with (pandas' to_csv, ~20-30 MB/s) is compressed as it
 # goes, with no rewrite later; smaller batches are always compressed (a few ms).
 LARGE_BATCH_BYTES = 4 << 20
+FAST_WRITER_BYTES_PER_S = 100e6
 # Freed block buffers stay in the heap this long after the last commit, so that the next write
 # of a burst (a checkpoint saved at every cell, a loop writing files) does not fault its memory
 # in again. 512 MiB written and fsynced 8 s apart: random bytes 733 -> 771 MB/s, text 518 -> 671
 # (docs/benchmarks.md, session 20).
 KEEP_FREED_SECONDS = 30.0
-FAST_WRITER_BYTES_PER_S = 100e6
 
 
 async def seal_in_threads(store: Store, batch: Batch, compress: bool = True) -> SealedBlocks:
