@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from cowfs.cli.client import snapshot  # noqa: E402
+from cowfs.cli.idle_cpus import read_idle_policy  # noqa: E402
 from cowfs.fs.store import Store  # noqa: E402
 
 BASE_TARGETS = ("native", "passthrough", "cowfs")
@@ -329,8 +330,14 @@ def comparison_table(results: dict[str, dict[str, list[float]]], heading: str) -
     return "\n".join(lines)
 
 
+def machine() -> str:
+    """What the figures depend on beyond the code: on a VM whose idle CPUs halt at once, every
+    FUSE round trip waits for two wake-ups (cowfs.cli.idle_cpus; docs/benchmarks.md, session 21)."""
+    return f"Machine: {len(os.sched_getaffinity(0))} CPUs, {read_idle_policy().describe()}."
+
+
 def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace) -> str:
-    lines = [f"Workload: {args.size_mb} MiB sequential files, {args.random_writes} random 4 KiB writes into 256 MiB, "
+    lines = [machine(), f"Workload: {args.size_mb} MiB sequential files, {args.random_writes} random 4 KiB writes into 256 MiB, "
              f"{args.files} small files, tar x and git clone of the Python standard library; "
              f"{args.reps} repetitions, interleaved; median [min–max]"
              + (f"; {args.settle:g} s pause before each write phase" if args.settle else "") + ".", "",

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from run import TARGETS, comparison_table, drop_caches, in_turn, source_tree, target, timed  # noqa: E402
+from run import TARGETS, comparison_table, drop_caches, in_turn, machine, source_tree, target, timed  # noqa: E402
 
 IMPORTS = "import pandas, sklearn.ensemble, scipy.stats"
 GIT = ["git", "-c", "user.email=b@e", "-c", "user.name=b", "-c", "advice.detachedHead=false"]
@@ -147,6 +147,7 @@ def main() -> int:
                 print(f"  rep {rep + 1} {kind} done", file=sys.stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    print(machine())
     print(f"Workloads: {args.packages} from local wheels; a {args.repo_files}-file repository; "
           f"{args.csv_mb} MiB CSV; {args.reps} repetitions, interleaved; seconds, median [min–max]; "
           "ratios are time over time (lower is faster).\n")

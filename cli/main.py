@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cowfs.cli import launcher
+from cowfs.cli import idle_cpus, launcher
 from cowfs.cli.client import DaemonError, mount_for, open_store, request, resolve_store_path
 from cowfs.cli.client import snapshot as take_snapshot
 from cowfs.cli.output import emit_json, human_size, human_time, progress_on_terminal, table
@@ -514,6 +514,7 @@ def status(context: Context, as_json: bool) -> None:
             if stats["chunk_raw_bytes"] else 1.0,
             "compression_ratio": round(stats["chunk_raw_bytes"] / stats["chunk_stored_bytes"], 3)
             if stats["chunk_stored_bytes"] else 1.0,
+            "speed_advice": idle_cpus.advice(idle_cpus.read_idle_policy()),
         }
     finally:
         store.close()
@@ -530,6 +531,8 @@ def status(context: Context, as_json: bool) -> None:
     if document["uncompressed_packs"]:
         click.echo(f"pending    {document['uncompressed_packs']} packs written raw to keep up; compressed once "
                    "their mount is idle, or by `cowfs gc`")
+    if document["speed_advice"]:
+        click.echo(f"speed      {document['speed_advice']}")
     click.echo("mounts")
     for mount in live:
         elsewhere = f"  (store {mount['store']})" if mount.get("store", document["store"]) != document["store"] else ""
