@@ -337,7 +337,8 @@ def machine() -> str:
 
 
 def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace) -> str:
-    lines = [machine(), f"Workload: {args.size_mb} MiB sequential files, {args.random_writes} random 4 KiB writes into 256 MiB, "
+    lines = [machine(),
+             f"Workload: {args.size_mb} MiB sequential files, {args.random_writes} random 4 KiB writes into 256 MiB, "
              f"{args.files} small files, tar x and git clone of the Python standard library; "
              f"{args.reps} repetitions, interleaved; median [min–max]"
              + (f"; {args.settle:g} s pause before each write phase" if args.settle else "") + ".", "",

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from cowfs.cli.idle_cpus import HALT_POLL_FILE, SYSFS, IdlePolicy, advice, read_idle_policy
+from cowfs.cli.idle_cpus import DRIVER_FILE, HALT_POLL_FILE, SYSFS, IdlePolicy, advice, read_idle_policy
 
 
 def fake_sysfs(root: Path, driver: str | None, halt_poll: str | None) -> Path:
     if driver is not None:
-        (root / "devices/system/cpu/cpuidle").mkdir(parents=True)
-        (root / "devices/system/cpu/cpuidle/current_driver").write_text(driver + "\n")
+        (root / DRIVER_FILE).parent.mkdir(parents=True)
+        (root / DRIVER_FILE).write_text(driver + "\n")
     if halt_poll is not None:
         (root / HALT_POLL_FILE).parent.mkdir(parents=True)
         (root / HALT_POLL_FILE).write_text(halt_poll + "\n")
