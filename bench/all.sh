@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 started=$SECONDS
-for step in "run.py $*" workloads.py round_trip.py kernel_overhead.py variables.py peers.py retention.py; do
+for step in "run.py $*" workloads.py round_trip.py requests.py kernel_overhead.py variables.py peers.py retention.py; do
     begun=$SECONDS
     # shellcheck disable=SC2086  # the step carries its own arguments
     $py bench/$step
