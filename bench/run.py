@@ -331,9 +331,27 @@ def comparison_table(results: dict[str, dict[str, list[float]]], heading: str) -
 
 
 def machine() -> str:
-    """What the figures depend on beyond the code: on a VM whose idle CPUs halt at once, every
-    FUSE round trip waits for two wake-ups (cowfs.cli.idle_cpus; docs/benchmarks.md, session 21)."""
-    return f"Machine: {len(os.sched_getaffinity(0))} CPUs, {read_idle_policy().describe()}."
+    """What the figures depend on beyond the code (docs/benchmarks.md, session 21): on a VM whose
+    idle CPUs halt at once, every FUSE round trip waits for two wake-ups (cowfs.cli.idle_cpus);
+    where DAMON pages out what was not touched for a while, a "warm" read that comes later is
+    partly cold, natively as on cowfs."""
+    return f"Machine: {len(os.sched_getaffinity(0))} CPUs, {read_idle_policy().describe()}, {proactive_reclaim()}."
+
+
+def proactive_reclaim(admin: Path = Path("/sys/kernel/mm/damon/admin/kdamonds")) -> str:
+    """The shortest idle time after which a running DAMON pageout scheme reclaims memory."""
+    ages = []
+    for context in admin.glob("[0-9]*/contexts/[0-9]*"):  # beside them: nr_kdamonds, nr_contexts files
+        try:
+            if (context.parent.parent / "state").read_text().strip() != "on":
+                continue
+            aggregation_us = int((context / "monitoring_attrs" / "intervals" / "aggr_us").read_text())
+            for scheme in context.glob("schemes/[0-9]*"):
+                if (scheme / "action").read_text().strip() == "pageout":  # min age counts aggregations
+                    ages.append(int((scheme / "access_pattern" / "age" / "min").read_text()) * aggregation_us / 1e6)
+        except (OSError, ValueError):
+            continue
+    return f"DAMON pages out memory idle for {min(ages):g} s" if ages else "no DAMON pageout"
 
 
 def report(results: dict, snapshots: dict, space: dict, args: argparse.Namespace) -> str:
