@@ -33,7 +33,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -55,11 +55,33 @@ class Requests:
     not_waited: Counter[str]
 
 
+def count_requests(lines: Iterable[str], connection: int) -> Requests:
+    """Answered requests of one connection by opcode; those still in flight when tracing
+    stopped are left out."""
+    sent: dict[str, tuple[str, str]] = {}
+    waited: Counter[str] = Counter()
+    not_waited: Counter[str] = Counter()
+    for line in lines:
+        event = EVENT.match(line)
+        if event is None or int(event["connection"]) != connection:
+            continue
+        if event["kind"] == "send":
+            sent[event["req"]] = (event["opcode"], event["comm"])
+        elif event["req"] in sent:
+            opcode, sender = sent.pop(event["req"])
+            background = opcode in NOT_WAITED_FOR or (opcode == "FUSE_WRITE" and sender.startswith("kworker"))
+            (not_waited if background else waited)[opcode.removeprefix("FUSE_")] += 1
+    return Requests(waited, not_waited)
+
+
 class FuseTrace:
-    """The kernel's FUSE request events of one connection while the context is open."""
+    """The kernel's FUSE request events of one connection while the context is open, counted
+    into ``requests`` when it closes; the trace buffer is then emptied and given its size back,
+    whatever happened inside."""
 
     def __init__(self, mountpoint: Path) -> None:
         self.connection = os.minor(os.stat(mountpoint).st_dev)  # the fusectl connection id
+        self.requests = Requests(Counter(), Counter())
 
     def __enter__(self) -> FuseTrace:
         if not (TRACING / "events").is_dir():
@@ -75,28 +97,14 @@ class FuseTrace:
 
     def __exit__(self, *exc: object) -> None:
         (TRACING / "tracing_on").write_text("0")
-        for event in EVENTS:
-            (TRACING / "events" / "fuse" / event / "enable").write_text("0")
-
-    def requests(self) -> Requests:
-        """Answered requests by opcode; those still in flight when tracing stopped are left out."""
-        sent: dict[str, tuple[str, str]] = {}
-        waited: Counter[str] = Counter()
-        not_waited: Counter[str] = Counter()
-        with open(TRACING / "trace") as lines:
-            for line in lines:
-                event = EVENT.match(line)
-                if event is None or int(event["connection"]) != self.connection:
-                    continue
-                if event["kind"] == "send":
-                    sent[event["req"]] = (event["opcode"], event["comm"])
-                elif event["req"] in sent:
-                    opcode, sender = sent.pop(event["req"])
-                    background = opcode in NOT_WAITED_FOR or (opcode == "FUSE_WRITE" and sender.startswith("kworker"))
-                    (not_waited if background else waited)[opcode.removeprefix("FUSE_")] += 1
-        (TRACING / "trace").write_text("")
-        (TRACING / "buffer_size_kb").write_text(self.buffer_kb)
-        return Requests(waited, not_waited)
+        try:
+            for event in EVENTS:
+                (TRACING / "events" / "fuse" / event / "enable").write_text("0")
+            with open(TRACING / "trace") as lines:
+                self.requests = count_requests(lines, self.connection)
+        finally:
+            (TRACING / "trace").write_text("")
+            (TRACING / "buffer_size_kb").write_text(self.buffer_kb)
 
 
 @dataclass(frozen=True)
@@ -153,9 +161,8 @@ def measure(workload: Workload, directories: dict[str, Path], reps: int,
 def traced(workload: Workload, mnt: Path) -> Requests:
     with FuseTrace(mnt) as trace:
         workload.action(mnt)
-    requests = trace.requests()
     workload.tidy(mnt)
-    return requests
+    return trace.requests
 
 
 def same_cpu_floor() -> float:
