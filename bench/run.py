@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -314,19 +314,22 @@ def fmt(values: list[float]) -> str:
     return f"{figure(statistics.median(values))} [{figure(min(values))}–{figure(max(values))}]"
 
 
-def comparison_table(results: dict[str, dict[str, list[float]]], heading: str) -> str:
-    """Every target's median [min-max] per metric, then cowfs over each of the others."""
-    others = [kind for kind in TARGETS if kind != "cowfs"]
-    lines = [f"| {heading} | " + " | ".join(TARGETS) + " | " + " | ".join(f"cowfs/{kind}" for kind in others) + " |",
-             "|---" * (len(TARGETS) + len(others) + 1) + "|"]
+def comparison_table(results: dict[str, dict[str, list[float]]], heading: str,
+                     also: Sequence[tuple[str, str]] = ()) -> str:
+    """Every target's median [min-max] per metric, then cowfs over each of the others, then the
+    ``also`` ratios (numerator, denominator) between other targets."""
+    ratios = [("cowfs", kind) for kind in TARGETS if kind != "cowfs"]
+    ratios += [pair for pair in also if set(pair) <= set(TARGETS)]
+    lines = [f"| {heading} | " + " | ".join(TARGETS) + " | " + " | ".join(f"{a}/{b}" for a, b in ratios) + " |",
+             "|---" * (len(TARGETS) + len(ratios) + 1) + "|"]
     for metric in results["cowfs"]:
-        if any(metric not in results[kind] for kind in others):  # cowfs's own (its deferred compression)
+        if any(metric not in results[kind] for kind in TARGETS):  # cowfs's own (its deferred compression)
             lines.append(f"| {metric} | " + " | ".join(fmt(results[kind][metric]) if metric in results[kind] else "–"
-                                                       for kind in TARGETS) + " |" + " – |" * len(others))
+                                                       for kind in TARGETS) + " |" + " – |" * len(ratios))
             continue
         med = {kind: statistics.median(results[kind][metric]) for kind in TARGETS}
         lines.append(f"| {metric} | " + " | ".join(fmt(results[kind][metric]) for kind in TARGETS) + " | "
-                     + " | ".join(f"{med['cowfs'] / med[kind]:.2f}" for kind in others) + " |")
+                     + " | ".join(f"{med[a] / med[b]:.2f}" for a, b in ratios) + " |")
     return "\n".join(lines)
 
 

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The round trips' own price here: what a FUSE filesystem that does no work of its own reaches.
+FLOOR = ("C passthrough", "native")
 sys.path.insert(0, str(REPO / "bench"))
 
 from run import TARGETS, comparison_table, drop_caches, in_turn, machine, source_tree, target, timed  # noqa: E402
@@ -151,7 +153,11 @@ def main() -> int:
     print(f"Workloads: {args.packages} from local wheels; a {args.repo_files}-file repository; "
           f"{args.csv_mb} MiB CSV; {args.reps} repetitions, interleaved; seconds, median [min–max]; "
           "ratios are time over time (lower is faster).\n")
-    print(comparison_table(results, "workload"))
+    print(comparison_table(results, "workload", also=[FLOOR]))
+    if set(FLOOR) <= set(TARGETS):
+        print(f"\n{FLOOR[0]}/{FLOOR[1]}: libfuse's own example, which stores nothing and answers each request "
+              "with a system call or two, against native: the price of the round trips themselves on this "
+              "machine (docs/benchmarks.md, session 22).")
     return 0
 
 
