@@ -38,7 +38,7 @@ from typing import Callable, Iterable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from round_trip import PipeFloor, after_gaps  # noqa: E402
-from run import machine, target, timed, until_compressed  # noqa: E402
+from run import in_turn, machine, target, timed, until_compressed  # noqa: E402
 from workloads import GIT, IMPORTS, prepare_repository, prepare_wheels, run  # noqa: E402
 
 GOAL = 1.2  # issue 10: imports, clone and checkout within 1.2x native
@@ -145,13 +145,13 @@ def workloads(scratch: Path, only: set[str], repo_files: int, packages: list[str
 
 def measure(workload: Workload, directories: dict[str, Path], reps: int,
             settle: Callable[[], object]) -> dict[str, float]:
-    """Median seconds per directory, the directories taking turns (first in one repetition,
-    last in the next: on this VM a run right after another is faster, bench/run.py's in_turn).
+    """Median seconds per directory, the directories taking turns (``in_turn``: first in one
+    repetition, last in the next, since on this VM a run right after another is faster).
     ``settle`` runs before each: the daemon compresses what a run wrote once it is idle, which
     would otherwise be charged to whichever run comes next."""
     times: dict[str, list[float]] = {kind: [] for kind in directories}
     for rep in range(reps):
-        for kind in (list(directories) if rep % 2 == 0 else list(directories)[::-1]):
+        for kind in in_turn(rep, list(directories)):
             settle()
             times[kind].append(timed(lambda: workload.action(directories[kind])))
             workload.tidy(directories[kind])

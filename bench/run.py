@@ -36,12 +36,12 @@ C_PASSTHROUGH = os.environ.get("COWFS_BENCH_C_PASSTHROUGH")
 TARGETS = BASE_TARGETS + (("C passthrough",) if C_PASSTHROUGH else ())
 
 
-def in_turn(rep: int) -> tuple[str, ...]:
+def in_turn(rep: int, targets: Sequence[str] = TARGETS) -> tuple[str, ...]:
     """The targets in the order repetition ``rep`` runs them: forwards, then backwards. On the
     project's VM a run right after another ran faster than the same run first (session 13: the
     later of two pip installs won 9 pairs of 10, whichever daemon it was), so with two or more
     repetitions each target goes first as often as last."""
-    return TARGETS if rep % 2 == 0 else TARGETS[::-1]
+    return tuple(targets) if rep % 2 == 0 else tuple(targets)[::-1]
 
 
 def drop_caches() -> None:

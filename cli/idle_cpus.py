@@ -65,4 +65,5 @@ def advice(policy: IdlePolicy) -> str | None:
     return ("this virtual machine halts idle CPUs at once (guest_halt_poll_ns is 0), so every file "
             "operation in a mount waits for two CPU wake-ups; imports, pip and git run up to 2x "
             f"faster with `echo {SUGGESTED_HALT_POLL_NS} | sudo tee /sys/{HALT_POLL_FILE}` "
-            "(the kernel's default; it lets an idle CPU poll for 200 µs before it halts)")
+            f"(the kernel's default; it lets an idle CPU poll for {SUGGESTED_HALT_POLL_NS // 1000} µs "
+            "before it halts)")
