@@ -27,14 +27,20 @@ def minor_faults(pid: int) -> int:
 def test_the_next_write_of_a_burst_finds_its_memory_ready(workspace):
     mnt = workspace.mount()
     pid = workspace.daemon_pid(mnt)
-    faults = []
-    for name in ("first.bin", "second.bin"):
-        start = minor_faults(pid)
-        write_fast(mnt / name, os.urandom(192 << 20))
-        faults.append(minor_faults(pid) - start)
-        time.sleep(6)  # past a flush timer tick, as between two cells that save a checkpoint
-    assert faults[1] < faults[0] / 5, (
-        f"page faults in the daemon: {faults[0]} for the first write, {faults[1]} for the next")
+    # The first write is the larger, so the next one never needs more memory at once than it
+    # did. With two writes of the same size, how much of the second was in memory at its peak
+    # depends on how far the flusher kept up: it faulted 2,060-10,492 pages, and 10,492 failed
+    # a bar of a fifth of the first write's faults in CI.
+    write_fast(mnt / "first.bin", os.urandom(384 << 20))
+    time.sleep(6)  # past a flush timer tick, as between two cells that save a checkpoint
+    start = minor_faults(pid)
+    write_fast(mnt / "second.bin", os.urandom(192 << 20))
+    faults = minor_faults(pid) - start
+    # What it still faults is a new pack's 8 MiB stage buffer (2,048 pages), two at most. With
+    # glibc left to trim as it likes, 6 runs of 8 faulted 9,198-19,434 pages; in the other two,
+    # glibc happened to keep the memory itself.
+    pages = (192 << 20) // os.sysconf("SC_PAGE_SIZE")
+    assert faults < pages / 10, f"the next write faulted {faults} pages in the daemon, of {pages} written"
 
 
 def test_a_daemon_keeps_freed_memory_for_a_while_then_gives_it_back(workspace):
