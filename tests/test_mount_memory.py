@@ -29,7 +29,7 @@ def test_the_next_write_of_a_burst_finds_its_memory_ready(workspace):
     pid = workspace.daemon_pid(mnt)
     # The first write is the larger, so that the next one fits in the buffers it left. With two
     # writes of the same size, how much of the second is in memory at its peak depends on how
-    # far the flusher keeps up: the second faulted 2,056-10,492 pages, and 10,492 failed a bar
+    # far the flusher keeps up: the second faulted 2,058-10,492 pages, and 10,492 failed a bar
     # of a fifth of the first write's faults in CI. After 384 MiB, 6 runs faulted 2,058-2,317.
     write_fast(mnt / "first.bin", os.urandom(384 << 20))
     time.sleep(6)  # past a flush timer tick, as between two cells that save a checkpoint
